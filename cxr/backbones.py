@@ -1,0 +1,47 @@
+"""The five ImageNet backbones of the study; adding a sixth is one entry in BACKBONES."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+
+from cxr.errors import UserError
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    build: Callable[..., keras.Model]  # keras.applications constructor
+    preprocess_input: Callable  # the family's own input scaling (caffe BGR means, or [-1, 1])
+    native_size: int  # the ImageNet training resolution (GUIDE section 5)
+    min_size: int  # the smallest input the architecture accepts
+
+
+_apps = keras.applications
+BACKBONES: dict[str, Backbone] = {b.name.lower(): b for b in (
+    Backbone("MobileNet", _apps.MobileNet, _apps.mobilenet.preprocess_input, 224, 32),
+    Backbone("InceptionV3", _apps.InceptionV3, _apps.inception_v3.preprocess_input, 299, 75),
+    Backbone("Xception", _apps.Xception, _apps.xception.preprocess_input, 299, 71),
+    Backbone("ResNet50", _apps.ResNet50, _apps.resnet50.preprocess_input, 224, 32),
+    Backbone("VGG16", _apps.VGG16, _apps.vgg16.preprocess_input, 224, 32),
+)}
+
+
+def get_backbone(name: str) -> Backbone:
+    """The backbone called `name`, in any letter case."""
+    try:
+        return BACKBONES[name.lower()]
+    except KeyError:
+        valid = ", ".join(b.name for b in BACKBONES.values())
+        raise UserError(f"unknown backbone {name!r}; valid: {valid}") from None
+
+
+def input_size(backbone: Backbone, requested: int) -> int:
+    """The input size to train at: the native one for 0, else `requested` if the backbone accepts it."""
+    if requested == 0:
+        return backbone.native_size
+    if requested < backbone.min_size:
+        raise UserError(f"--image-size {requested} is below {backbone.name}'s minimum of {backbone.min_size}")
+    return requested

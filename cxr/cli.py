@@ -1,0 +1,157 @@
+"""`cxr`: the study from the command line, one subcommand per pipeline step.
+
+    cxr synth OUT                          a synthetic Kaggle-layout dataset
+    cxr ingest --source SRC --out DIR      kaggle, a folder, a .zip or gs:// -> DIR/{split}/{class}/
+    cxr preprocess --raw DIR --out DIR     leak-free split, sharded TFRecords, manifest.csv, stats.json
+    cxr train --data DIR --backbone NAME --out DIR
+    cxr evaluate --data DIR --model DIR --out DIR
+    cxr report RESULT_DIR... --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cxr import settings
+from cxr.errors import UserError
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from cxr.synth import synthesize
+
+    counts = synthesize(args.out, per_class=args.per_class, seed=args.seed, min_size=args.min_size,
+                        max_size=args.max_size)
+    print(f"wrote {Path(args.out) / 'chest_xray'}: {json.dumps(counts)}")
+
+
+def _ingest(args: argparse.Namespace) -> None:
+    from cxr.ingest import ingest
+
+    report = ingest(args.source, args.out, cache=args.cache)
+    print(f"ingested into {args.out}: {json.dumps(report.counts)}; dropped {len(report.duplicates)} duplicate(s), "
+          f"{report.macos_debris} macOS file(s), {len(report.outside_layout)} file(s) outside the layout")
+
+
+def _preprocess(args: argparse.Namespace) -> None:
+    from cxr.preprocess import Settings, preprocess
+
+    stats = preprocess(args.raw, args.out, Settings(args.image_size, args.val_fraction, args.split, args.seed))
+    print(f"wrote {args.out}: {json.dumps(stats['counts'])}; skipped {len(stats['skipped'])} file(s); "
+          f"{len(stats['patients_in_several_splits'])} patient(s) in several splits")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from cxr.train import TrainSettings, train
+
+    options = TrainSettings(
+        backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+        dense_units=args.dense_units, dropout=args.dropout, image_size=args.image_size, weights=args.weights,
+        freeze_backbone=args.freeze_backbone, patience=args.patience, seed=args.seed,
+        mixed_precision=args.mixed_precision, xla=args.xla)
+    metrics = train(args.data, args.out, options, checkpoint=args.checkpoint)
+    print(f"trained {metrics['backbone']} in {metrics['learning_time']} ({metrics['epochs_run']} epochs, "
+          f"best {metrics['best_epoch']}, val_acc {metrics['best']['val_accuracy']:.4f}) -> {args.out}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from cxr.evaluate import evaluate
+
+    metrics = evaluate(args.data, args.model, args.out, batch_size=args.batch_size)
+    at_default = metrics["at_default_threshold"]
+    print(f"{metrics['backbone']} on {metrics['test_images']} test images: "
+          f"accuracy {at_default['accuracy']['value']:.4f}, sensitivity {at_default['sensitivity']['value']:.4f}, "
+          f"specificity {at_default['specificity']['value']:.4f}, ROC AUC {metrics['roc_auc']['value']:.4f} "
+          f"-> {args.out}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from cxr.report import write_report
+
+    written = write_report(args.results, args.out)
+    print(f"wrote {len(written)} files; open {written['report.html']}")
+
+
+def _switch(value: str) -> bool | None:
+    choices = {"auto": None, "on": True, "off": False}
+    if value not in choices:
+        raise argparse.ArgumentTypeError("expected auto, on or off")
+    return choices[value]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxr", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text,
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    sub = command("synth", _synth, "write a synthetic Kaggle-layout dataset to OUT/chest_xray/")
+    sub.add_argument("out", type=Path, metavar="OUT")
+    sub.add_argument("--per-class", type=int, default=100, help="NORMAL training images; 3x as many PNEUMONIA")
+    sub.add_argument("--seed", type=int, default=settings.SEED)
+    sub.add_argument("--min-size", type=int, default=1000, help="smallest film height in pixels")
+    sub.add_argument("--max-size", type=int, default=2500, help="largest film height in pixels")
+
+    sub = command("ingest", _ingest, "fetch the dataset and normalise it to DIR/{train,val,test}/{NORMAL,PNEUMONIA}/")
+    sub.add_argument("--source", required=True, help="kaggle, a folder, a .zip, or gs://bucket/prefix")
+    sub.add_argument("--out", required=True, type=Path)
+    sub.add_argument("--cache", help="gs://bucket/prefix: read the dataset from here, or store it here once")
+
+    sub = command("preprocess", _preprocess, "split by patient and write sharded TFRecords")
+    sub.add_argument("--raw", required=True, type=Path, help="the folder `cxr ingest` wrote")
+    sub.add_argument("--out", required=True, type=Path)
+    sub.add_argument("--image-size", type=int, default=settings.PROCESSED_IMAGE_SIZE)
+    sub.add_argument("--val-fraction", type=float, default=settings.VAL_FRACTION)
+    sub.add_argument("--split", choices=settings.SPLIT_MODES, default=settings.SPLIT_MODE)
+    sub.add_argument("--seed", type=int, default=settings.SEED)
+
+    sub = command("train", _train, "train one backbone; rerun on the same --out to resume")
+    sub.add_argument("--data", required=True, type=Path, help="the folder `cxr preprocess` wrote")
+    sub.add_argument("--backbone", required=True, help=", ".join(settings.BACKBONES))
+    sub.add_argument("--out", required=True, type=Path)
+    sub.add_argument("--epochs", type=int, default=settings.EPOCHS)
+    sub.add_argument("--batch-size", type=int, default=settings.BATCH_SIZE)
+    sub.add_argument("--lr", type=float, default=settings.LEARNING_RATE)
+    sub.add_argument("--dense-units", type=int, default=settings.DENSE_UNITS)
+    sub.add_argument("--dropout", type=float, default=settings.DROPOUT)
+    sub.add_argument("--image-size", type=int, default=settings.IMAGE_SIZE, help="0 = the backbone's native size")
+    sub.add_argument("--weights", default=settings.WEIGHTS, help="imagenet, none, or a .weights.h5 file")
+    sub.add_argument("--freeze-backbone", action="store_true", help="train the head only")
+    sub.add_argument("--patience", type=int, default=settings.PATIENCE, help="early-stopping epochs on val loss")
+    sub.add_argument("--seed", type=int, default=settings.SEED)
+    sub.add_argument("--mixed-precision", type=_switch, default=None, metavar="{auto,on,off}",
+                     help="mixed_float16 (auto: on with a GPU)")
+    sub.add_argument("--xla", type=_switch, default=None, metavar="{auto,on,off}", help="XLA (auto: on with a GPU)")
+    sub.add_argument("--checkpoint", type=Path, help="checkpoint folder (default OUT/checkpoint)")
+
+    sub = command("evaluate", _evaluate, "evaluate a trained backbone on the test split")
+    sub.add_argument("--data", required=True, type=Path)
+    sub.add_argument("--model", required=True, type=Path, help="the --out folder of `cxr train`")
+    sub.add_argument("--out", required=True, type=Path)
+    sub.add_argument("--batch-size", type=int, default=settings.BATCH_SIZE)
+
+    sub = command("report", _report, "compare evaluated backbones: graphs, leaderboard, report.html")
+    sub.add_argument("results", nargs="+", type=Path, metavar="RESULT_DIR", help="--out folders of `cxr evaluate`")
+    sub.add_argument("--out", required=True, type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except UserError as error:
+        print(f"cxr {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Medically meaningful evaluation on the test split: sensitivity, specificity and ROC AUC beside accuracy,
+each with a 95 % interval from a bootstrap over patients, at 0.5 and at a threshold chosen on validation.
+
+With 62.5 % pneumonia in the official test split, "always pneumonia" scores 62.5 % accuracy (GUIDE section 3):
+accuracy alone says little. The threshold is never chosen on test data.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxr import files, settings
+from cxr.errors import UserError
+
+DEFAULT_THRESHOLD = 0.5
+_EPSILON = 1e-7  # Keras' clipping in binary cross-entropy, so our test loss matches model.evaluate's
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """[[TN, FP], [FN, TP]]: rows are the true class (NORMAL, PNEUMONIA), columns the predicted one."""
+    labels, predicted = np.asarray(labels, bool), np.asarray(predicted, bool)
+    return np.array([[np.sum(~labels & ~predicted), np.sum(~labels & predicted)],
+                     [np.sum(labels & ~predicted), np.sum(labels & predicted)]])
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator / denominator) if denominator else float("nan")
+
+
+def threshold_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float]:
+    """Accuracy, precision, sensitivity (recall of pneumonia), specificity and F1 when P >= threshold."""
+    (tn, fp), (fn, tp) = confusion_matrix(labels, probabilities >= threshold)
+    precision, sensitivity = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    return {
+        "accuracy": _ratio(tp + tn, tn + fp + fn + tp),
+        "precision": precision,
+        "sensitivity": sensitivity,
+        "specificity": _ratio(tn, tn + fp),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank."""
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    starts_group = np.r_[True, ordered[1:] != ordered[:-1]]
+    starts = np.flatnonzero(starts_group)
+    ends = np.r_[starts[1:], len(values)]
+    ranks = np.empty(len(values))
+    ranks[order] = ((starts + ends + 1) / 2)[np.cumsum(starts_group) - 1]
+    return ranks
+
+
+def roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U), ties counted half; NaN with a single class."""
+    labels = np.asarray(labels, bool)
+    positives, negatives = labels.sum(), (~labels).sum()
+    if not positives or not negatives:
+        return float("nan")
+    rank_sum = _average_ranks(np.asarray(probabilities, float))[labels].sum()
+    return float((rank_sum - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def roc_curve(labels: np.ndarray, probabilities: np.ndarray) -> pd.DataFrame:
+    """Columns threshold, fpr, tpr, from (0, 0) to (1, 1); every threshold finite (the KFP UI needs that)."""
+    labels, probabilities = np.asarray(labels, bool), np.asarray(probabilities, float)
+    order = np.argsort(-probabilities, kind="mergesort")
+    scores, truth = probabilities[order], labels[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    true_positives = np.cumsum(truth)[last_of_tie]
+    false_positives = last_of_tie + 1 - true_positives
+    above_all = float(np.nextafter(scores[0], np.inf))  # no image reaches it: the (0, 0) point
+    return pd.DataFrame({
+        "threshold": np.r_[above_all, scores[last_of_tie]],
+        "fpr": np.r_[0.0, false_positives / max(false_positives[-1], 1)],
+        "tpr": np.r_[0.0, true_positives / max(true_positives[-1], 1)],
+    })
+
+
+def youden_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """The threshold maximising sensitivity + specificity - 1 (Youden's J); meant for validation data."""
+    curve = roc_curve(labels, probabilities)
+    return float(curve["threshold"].iloc[int(np.argmax(curve["tpr"] - curve["fpr"]))])
+
+
+def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    p = np.clip(np.asarray(probabilities, float), _EPSILON, 1 - _EPSILON)
+    y = np.asarray(labels, float)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def bootstrap_intervals(labels: np.ndarray, probabilities: np.ndarray, patients: np.ndarray,
+                        thresholds: dict[str, float], samples: int = settings.BOOTSTRAP_SAMPLES,
+                        seed: int = settings.SEED) -> dict[str, list[float]]:
+    """95 % percentile intervals, resampling patients (not images): a patient's films are correlated, and
+    resampling images would make the intervals too narrow. Keys: "roc_auc" and "<name>/<metric>" per threshold."""
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
+    _, patient_codes = np.unique(np.asarray(patients), return_inverse=True)
+    images_of = [np.flatnonzero(patient_codes == code) for code in range(patient_codes.max() + 1)]
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(samples):
+        chosen = np.concatenate([images_of[i] for i in rng.integers(len(images_of), size=len(images_of))])
+        y, p = labels[chosen], probabilities[chosen]
+        draws.setdefault("roc_auc", []).append(roc_auc(y, p))
+        for name, threshold in thresholds.items():
+            for metric, value in threshold_metrics(y, p, threshold).items():
+                draws.setdefault(f"{name}/{metric}", []).append(value)
+    alpha = (1 - settings.CONFIDENCE) / 2
+    return {key: [float(np.nanquantile(values, alpha)), float(np.nanquantile(values, 1 - alpha))]
+            for key, values in draws.items()}
+
+
+def summarize(test: pd.DataFrame, val: pd.DataFrame, samples: int = settings.BOOTSTRAP_SAMPLES) -> dict:
+    """All test metrics from predictions (columns label, probability, patient_id); the second threshold is
+    chosen on `val` alone."""
+    thresholds = {"default": DEFAULT_THRESHOLD,
+                  "validation": youden_threshold(val["label"], val["probability"])}
+    y, p = test["label"].to_numpy(), test["probability"].to_numpy()
+    intervals = bootstrap_intervals(y, p, test["patient_id"].to_numpy(), thresholds, samples)
+
+    def with_interval(key: str, value: float) -> dict[str, float | list[float]]:
+        return {"value": value, "ci95": intervals[key]}
+
+    result = {
+        "test_images": int(len(test)),
+        "test_patients": int(test["patient_id"].nunique()),
+        "loss": log_loss(y, p),
+        "roc_auc": with_interval("roc_auc", roc_auc(y, p)),
+        "thresholds": thresholds,
+        "validation": {"loss": log_loss(val["label"], val["probability"]),
+                       "roc_auc": roc_auc(val["label"], val["probability"]),
+                       **threshold_metrics(val["label"].to_numpy(), val["probability"].to_numpy(),
+                                           DEFAULT_THRESHOLD)},
+    }
+    for name, threshold in thresholds.items():
+        values = threshold_metrics(y, p, threshold)
+        result[f"at_{name}_threshold"] = {
+            **{metric: with_interval(f"{name}/{metric}", value) for metric, value in values.items()},
+            "confusion_matrix": confusion_matrix(y, p >= threshold).tolist(),
+        }
+    return result
+
+
+def predict(model, data_dir: Path, split: str, image_size: int, preprocess_input, batch_size: int) -> pd.DataFrame:
+    """One row per image of the split: patient_id, source, label, probability."""
+    from cxr.data import read_split
+
+    rows = []
+    for batch in read_split(data_dir, split, image_size, preprocess_input, batch_size, with_metadata=True):
+        probabilities = model.predict_on_batch(batch["image"]).reshape(-1)
+        rows.append(pd.DataFrame({
+            "patient_id": [v.decode() for v in batch["patient_id"].numpy()],
+            "source": [v.decode() for v in batch["source"].numpy()],
+            "label": batch["label"].numpy().astype(int),
+            "probability": probabilities.astype(float),
+        }))
+    return pd.concat(rows, ignore_index=True)
+
+
+def evaluate(data_dir: Path, model_dir: Path, out: Path, batch_size: int = settings.BATCH_SIZE,
+             samples: int = settings.BOOTSTRAP_SAMPLES) -> dict:
+    """Evaluate model_dir's model.keras on the test split; write metrics.json, predictions.csv and roc.csv to
+    `out`, with the training's history.csv and train_metrics.json beside them, so that `out` is one complete
+    result for `cxr report`."""
+    import keras
+
+    from cxr.backbones import get_backbone
+
+    model_dir, out = Path(model_dir), Path(out)
+    for name in (files.MODEL, files.TRAIN_METRICS, files.HISTORY):
+        if not (model_dir / name).is_file():
+            raise UserError(f"missing {model_dir / name} (run `cxr train` first)")
+    if (out / files.METRICS).exists():
+        raise UserError(f"{out / files.METRICS} exists already; choose another --out folder")
+    trained = json.loads((model_dir / files.TRAIN_METRICS).read_text())
+    backbone = get_backbone(trained["backbone"])
+    model = keras.models.load_model(model_dir / files.MODEL)
+    read = dict(data_dir=data_dir, image_size=trained["image_size"],
+                preprocess_input=backbone.preprocess_input, batch_size=batch_size)
+    val, test = predict(model, split="val", **read), predict(model, split="test", **read)
+    metrics = {"backbone": backbone.name, **summarize(test, val, samples)}
+
+    out.mkdir(parents=True, exist_ok=True)
+    test.to_csv(out / files.PREDICTIONS, index=False)
+    roc_curve(test["label"], test["probability"]).to_csv(out / files.ROC, index=False)
+    for name in (files.TRAIN_METRICS, files.HISTORY):
+        if model_dir.resolve() != out.resolve():
+            shutil.copyfile(model_dir / name, out / name)
+    (out / files.METRICS).write_text(json.dumps(metrics, indent=2))
+    return metrics

@@ -1,0 +1,46 @@
+"""The seed's classifier: backbone -> Flatten -> Dense(16, relu) -> Dropout(0.5) -> Dense(1, sigmoid)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+
+from cxr import settings
+from cxr.backbones import Backbone
+from cxr.errors import UserError
+
+
+def _backbone_weights(weights: str) -> tuple[str | None, Path | None]:
+    """(what keras.applications loads, a file to load after building)."""
+    if weights.lower() == "imagenet":
+        return "imagenet", None
+    if weights.lower() == "none":
+        return None, None
+    path = Path(weights)
+    if not path.is_file():
+        raise UserError(f"--weights {weights}: not 'imagenet', 'none', or an existing weights file")
+    return None, path
+
+
+def build_model(backbone: Backbone, image_size: int, *, dense_units: int = settings.DENSE_UNITS,
+                dropout: float = settings.DROPOUT, weights: str = settings.WEIGHTS,
+                freeze_backbone: bool = settings.FREEZE_BACKBONE) -> keras.Model:
+    """The classifier on `backbone` for square inputs of `image_size`, outputting P(pneumonia) in float32.
+
+    `weights`: "imagenet", "none", or a path to a backbone .weights.h5 file (clusters without internet).
+    Under a mixed_float16 policy the last layer stays float32, so the sigmoid and the loss keep their precision.
+    """
+    keras_weights, weights_file = _backbone_weights(weights)
+    base = backbone.build(include_top=False, weights=keras_weights, input_shape=(image_size, image_size, 3))
+    if weights_file is not None:
+        try:
+            base.load_weights(weights_file)
+        except (ValueError, OSError) as error:
+            raise UserError(f"--weights {weights_file}: does not fit {backbone.name} ({error})") from None
+    base.trainable = not freeze_backbone
+    features = keras.layers.Flatten(name="flatten")(base.output)
+    hidden = keras.layers.Dense(dense_units, activation="relu", name="dense")(features)
+    hidden = keras.layers.Dropout(dropout, name="dropout")(hidden)
+    output = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="pneumonia")(hidden)
+    return keras.Model(base.input, output, name=f"{backbone.name}_classifier")

@@ -1,0 +1,70 @@
+"""Every default of the project, in one place, each with where it comes from.
+
+The CLI, the KFP components and the pipeline read their defaults from here; nothing else hard-codes them.
+"""
+
+from __future__ import annotations
+
+import os
+
+# --- The dataset (GUIDE section 2) -------------------------------------------------------------------------
+
+KAGGLE_DATASET = "paultimothymooney/chest-xray-pneumonia"
+SPLITS = ("train", "val", "test")
+CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # label = index: PNEUMONIA = 1, the positive class for sensitivity
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+
+# --- Preprocessing -----------------------------------------------------------------------------------------
+
+# Stored once at the largest native input of the five backbones (InceptionV3, Xception: 299), so that every
+# backbone reads the same pixels; 224-px backbones are resized down on read.
+PROCESSED_IMAGE_SIZE = 299
+# The official val split holds 16 images (GUIDE section 2), so validation is carved out of train by patient.
+# 10 % of the pooled train images keeps about 520 images for validation, enough for a stable threshold.
+VAL_FRACTION = 0.1
+# "patient": official test kept, train+val re-split by patient. "official": the Kaggle folders as they are.
+SPLIT_MODE = "patient"
+SPLIT_MODES = ("patient", "official")
+# Images per TFRecord shard: about 30-60 MB at 299 px, the size tf.data reads efficiently from GCS.
+SHARD_SIZE = 512
+SEED = 42
+
+# --- The model and its training (the seed, ../shared/seed/README.md section 4) --------------------------
+
+BACKBONES = ("MobileNet", "InceptionV3", "Xception", "ResNet50", "VGG16")  # the seed's five, in its order
+WEIGHTS = "imagenet"  # the seed; "none" or a path to a .weights.h5 file for clusters without internet
+DENSE_UNITS = 16  # the seed: backbone - Flatten - Dense(16) - Dropout(0.5) - Dense
+DROPOUT = 0.5  # the seed
+LEARNING_RATE = 1e-5  # the seed: Adam(1e-5)
+EPOCHS = 30  # the seed: 30 epochs with early stopping
+# The seed does not give its patience; InceptionV3 stopped at epoch 16 of 30 there. 5 epochs on val loss is
+# the common choice and keeps a plateaued backbone from burning GPU time.
+PATIENCE = 5
+# Keras' default batch size, which the seed's notebook used (flow_from_directory); fits every backbone at
+# 299 px in 16 GB of GPU memory with mixed precision.
+BATCH_SIZE = 32
+IMAGE_SIZE = 0  # 0 = each backbone's native input size (224 or 299, GUIDE section 5)
+FREEZE_BACKBONE = False  # the seed fine-tuned the whole network
+
+# --- Evaluation --------------------------------------------------------------------------------------------
+
+BOOTSTRAP_SAMPLES = 1000  # resamples for the 95 % intervals; the interval ends move < 0.5 % beyond this
+CONFIDENCE = 0.95
+
+# --- Containers and the pipeline ---------------------------------------------------------------------------
+
+VERSION = "0.1.0"
+# The image every component runs in. `make images` tags it; `make compile IMAGE=...` overrides it.
+COMPONENT_IMAGE = os.environ.get("CXR_IMAGE", f"localhost/cxr-bench:{VERSION}-gpu")
+PIPELINE_NAME = "chest-xray-backbone-benchmark"
+# Trains at once; five = the seed's five backbones side by side when the cluster has five GPUs.
+PARALLELISM = int(os.environ.get("CXR_PARALLELISM", "5"))
+# The GPU node pool the train tasks select and tolerate; the defaults match k8s/kind-gpu.yaml.
+GPU_NODE_SELECTOR = os.environ.get("CXR_GPU_NODE_SELECTOR", "nvidia.com/gpu.present=true")
+GPU_TOLERATION_KEY = "nvidia.com/gpu"
+# Requests for one train task: TF's input pipeline wants a few cores; 299-px caches of the whole train split
+# take about 0.5 GB, the rest is TensorFlow itself.
+TRAIN_CPU = "4"
+TRAIN_MEMORY = "16G"
+TRAIN_RETRIES = 3  # a preempted GPU node resumes from the last epoch's checkpoint
+KAGGLE_SECRET = "kaggle-credentials"  # optional Kubernetes Secret with keys KAGGLE_USERNAME, KAGGLE_KEY

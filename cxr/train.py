@@ -1,0 +1,231 @@
+"""Training one backbone, resumable: a checkpoint after every epoch, and a rerun on the same folder goes on
+from the last finished epoch with the optimizer, the history and the early-stopping state it had.
+
+On a GPU, mixed precision and XLA switch on by themselves (GUIDE section 5); on the CPU they stay off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import pandas as pd
+import tensorflow as tf
+
+from cxr import files, settings
+from cxr.backbones import get_backbone, input_size
+from cxr.data import read_split, split_counts
+from cxr.errors import UserError
+from cxr.model import build_model
+
+HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    backbone: str
+    epochs: int = settings.EPOCHS
+    batch_size: int = settings.BATCH_SIZE
+    learning_rate: float = settings.LEARNING_RATE
+    dense_units: int = settings.DENSE_UNITS
+    dropout: float = settings.DROPOUT
+    image_size: int = settings.IMAGE_SIZE  # 0 = the backbone's native size
+    weights: str = settings.WEIGHTS
+    freeze_backbone: bool = settings.FREEZE_BACKBONE
+    patience: int = settings.PATIENCE
+    seed: int = settings.SEED
+    mixed_precision: bool | None = None  # None: on when a GPU is present
+    xla: bool | None = None  # None: on when a GPU is present
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "dense_units", "patience"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise UserError(f"--lr must be positive, got {self.learning_rate}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
+
+
+def class_weights(counts: dict[str, int]) -> dict[int, float]:
+    """Weights that make both classes count equally in the loss: n / (2 n_c), about 0.67 and 1.94 for the
+    real train split's 3:1 pneumonia."""
+    total = sum(counts.values())
+    return {label: total / (len(settings.CLASS_NAMES) * counts[name])
+            for label, name in enumerate(settings.CLASS_NAMES)}
+
+
+def format_duration(seconds: float) -> str:
+    """H:MM:SS, as the seed reports its learning times."""
+    whole = int(round(seconds))
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save_weights_atomically(model: keras.Model, path: Path) -> None:
+    tmp = path.with_name("tmp-" + path.name)  # keeps the .weights.h5 ending Keras requires
+    model.save_weights(tmp)
+    os.replace(tmp, path)
+
+
+class ResumableTraining(keras.callbacks.Callback):
+    """Early stopping on val_loss with the best weights restored, and everything needed to resume.
+
+    After each epoch: checkpoint/last.weights.h5 (model and optimizer), checkpoint/best.weights.h5 when val_loss
+    improved, then checkpoint/state.json (written last and atomically, so a preemption mid-save leaves the
+    previous epoch's consistent state).
+    """
+
+    def __init__(self, folder: Path, patience: int, epochs: int, train_images: int):
+        super().__init__()
+        self.folder, self.patience, self.epochs, self.train_images = folder, patience, epochs, train_images
+        self.state_file = folder / "state.json"
+        self.state = {"epochs_done": 0, "best_val_loss": math.inf, "best_epoch": 0, "wait": 0,
+                      "stopped_epoch": None, "history": []}
+        if self.state_file.is_file():
+            self.state = json.loads(self.state_file.read_text())
+
+    @property
+    def finished(self) -> bool:
+        return self.state["stopped_epoch"] is not None or self.state["epochs_done"] >= self.epochs
+
+    def restore(self, model: keras.Model) -> None:
+        """Load the last epoch's model and optimizer state, when there is one."""
+        if self.state["epochs_done"]:
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(self.folder / "last.weights.h5")
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self._started = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        seconds = time.monotonic() - self._started
+        row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in HISTORY_COLUMNS[1:5]}, "seconds": seconds}
+        state = self.state
+        state["history"].append(row)
+        state["epochs_done"] = epoch + 1
+        if row["val_loss"] < state["best_val_loss"]:
+            state.update(best_val_loss=row["val_loss"], best_epoch=epoch + 1, wait=0)
+            _save_weights_atomically(self.model, self.folder / "best.weights.h5")
+        else:
+            state["wait"] += 1
+            if state["wait"] >= self.patience:
+                state["stopped_epoch"] = epoch + 1
+                self.model.stop_training = True
+        _save_weights_atomically(self.model, self.folder / "last.weights.h5")
+        _atomic_write(self.state_file, json.dumps(state, indent=1))
+        print(f"epoch {epoch + 1}/{self.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} | "
+              f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} | {seconds:.1f} s, "
+              f"{self.train_images / seconds:,.0f} img/s"
+              + (f" | early stop, best epoch {state['best_epoch']}" if state["stopped_epoch"] else ""),
+              flush=True)
+
+
+def device_name() -> str:
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "CPU"
+    return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+
+
+def _prepare_output(out: Path, checkpoint: Path, options: TrainSettings) -> None:
+    """Refuse an unrelated non-empty folder and a checkpoint of other settings; mark a new checkpoint."""
+    settings_file = checkpoint / "settings.json"
+    wanted = json.dumps(dataclasses.asdict(options), sort_keys=True)
+    if settings_file.is_file():
+        if settings_file.read_text() != wanted:
+            raise UserError(f"{checkpoint} holds a training with other settings ({settings_file}); "
+                            "use a new --out folder")
+        return
+    for folder in (out, checkpoint):
+        if folder.exists() and any(folder.iterdir()):
+            raise UserError(f"{folder} is not empty and holds no checkpoint; choose an empty or new folder")
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    settings_file.write_text(wanted)
+
+
+def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | None = None) -> dict:
+    """Train `options.backbone` on data_dir's train split, validating on val; write model.keras, history.csv
+    and train_metrics.json into `out` and return the metrics.
+
+    Checkpoints go to `checkpoint` (default out/checkpoint); a rerun with the same folder resumes from there.
+    On a cluster it is a volume that outlives the pod, so a preempted GPU node costs at most one epoch.
+    """
+    data_dir, out = Path(data_dir), Path(out)
+    checkpoint = Path(checkpoint) if checkpoint else out / files.CHECKPOINT_DIR
+    options.validate()
+    backbone = get_backbone(options.backbone)
+    options = dataclasses.replace(options, backbone=backbone.name)
+    size = input_size(backbone, options.image_size)
+    if (out / files.TRAIN_METRICS).is_file() and (out / files.MODEL).is_file():
+        print(f"train: {out} already holds a finished training; reusing it", file=sys.stderr)
+        return json.loads((out / files.TRAIN_METRICS).read_text())
+    counts = split_counts(data_dir)
+    _prepare_output(out, checkpoint, options)
+
+    device = device_name()
+    on_gpu = device != "CPU"
+    mixed = on_gpu if options.mixed_precision is None else options.mixed_precision
+    xla = on_gpu if options.xla is None else options.xla
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    keras.utils.set_random_seed(options.seed)
+
+    model = build_model(backbone, size, dense_units=options.dense_units, dropout=options.dropout,
+                        weights=options.weights, freeze_backbone=options.freeze_backbone)
+    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss="binary_crossentropy",
+                  metrics=[keras.metrics.BinaryAccuracy(name="accuracy")], jit_compile=xla)
+    train_images = sum(counts["train"].values())
+    tracker = ResumableTraining(checkpoint, options.patience, options.epochs, train_images)
+    tracker.restore(model)
+    if tracker.state["epochs_done"]:
+        print(f"train: resuming {backbone.name} after epoch {tracker.state['epochs_done']}", file=sys.stderr)
+
+    if not tracker.finished:
+        read = dict(data_dir=data_dir, image_size=size, preprocess_input=backbone.preprocess_input,
+                    batch_size=options.batch_size)
+        model.fit(read_split(split="train", shuffle=True, seed=options.seed, **read),
+                  validation_data=read_split(split="val", **read),
+                  epochs=options.epochs, initial_epoch=tracker.state["epochs_done"],
+                  class_weight=class_weights(counts["train"]), callbacks=[tracker],
+                  verbose=1 if sys.stdout.isatty() else 2)
+
+    state = tracker.state
+    model.load_weights(checkpoint / "best.weights.h5")
+    history = pd.DataFrame(state["history"], columns=HISTORY_COLUMNS)
+    best = history[history["epoch"] == state["best_epoch"]].iloc[0]
+    last = history.iloc[-1]
+    seconds = float(history["seconds"].sum())
+    metrics = {
+        "backbone": backbone.name,
+        "image_size": size,
+        "train_images": train_images,
+        "val_images": sum(counts["val"].values()),
+        "final": {k: float(last[k]) for k in HISTORY_COLUMNS[1:5]},
+        "best": {k: float(best[k]) for k in HISTORY_COLUMNS[1:5]},
+        "best_epoch": int(state["best_epoch"]),
+        "epochs_run": int(state["epochs_done"]),
+        "stopped_epoch": state["stopped_epoch"],
+        "learning_time_seconds": seconds,
+        "learning_time": format_duration(seconds),
+        "images_per_second": train_images * len(history) / seconds if seconds else 0.0,
+        "device": device,
+        "mixed_precision": mixed,
+        "xla": xla,
+        "settings": dataclasses.asdict(options),
+    }
+    model.save(out / files.MODEL)
+    history.to_csv(out / files.HISTORY, index=False)
+    _atomic_write(out / files.TRAIN_METRICS, json.dumps(metrics, indent=2))  # last: marks the training finished
+    return metrics
