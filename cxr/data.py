@@ -60,7 +60,10 @@ def read_split(data_dir: Path, split: str, image_size: int, preprocess_input: Ca
     through the backbone's `preprocess_input`; labels: float32 [batch], PNEUMONIA = 1. Without `shuffle`
     the order is the order of the shards, the same on every call.
     """
-    records = tf.data.TFRecordDataset(shard_files(data_dir, split))
+    images = sum(split_counts(data_dir)[split].values())
+    # A known length gives Keras a full progress bar from the first epoch.
+    records = tf.data.TFRecordDataset(shard_files(data_dir, split)).apply(
+        tf.data.experimental.assert_cardinality(images))
     dataset = records.map(_decode(image_size), num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=True).cache()
     if shuffle:

@@ -113,8 +113,26 @@ def bootstrap_intervals(labels: np.ndarray, probabilities: np.ndarray, patients:
             for metric, value in threshold_metrics(y, p, threshold).items():
                 draws.setdefault(f"{name}/{metric}", []).append(value)
     alpha = (1 - settings.CONFIDENCE) / 2
-    return {key: [float(np.nanquantile(values, alpha)), float(np.nanquantile(values, 1 - alpha))]
-            for key, values in draws.items()}
+    return {key: _interval(np.asarray(values), alpha) for key, values in draws.items()}
+
+
+def _interval(values: np.ndarray, alpha: float) -> list[float]:
+    """Percentile interval of the defined draws (a resample without positives has no sensitivity)."""
+    defined = values[~np.isnan(values)]
+    if not defined.size:
+        return [float("nan"), float("nan")]
+    return [float(np.quantile(defined, alpha)), float(np.quantile(defined, 1 - alpha))]
+
+
+def json_safe(value):
+    """NaN (a metric undefined for this data, such as precision with no positive prediction) as null."""
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def summarize(test: pd.DataFrame, val: pd.DataFrame, samples: int = settings.BOOTSTRAP_SAMPLES) -> dict:
@@ -172,6 +190,7 @@ def evaluate(data_dir: Path, model_dir: Path, out: Path, batch_size: int = setti
     import keras
 
     from cxr.backbones import get_backbone
+    from cxr.model import build_model
 
     model_dir, out = Path(model_dir), Path(out)
     for name in (files.MODEL, files.TRAIN_METRICS, files.HISTORY):
@@ -181,11 +200,17 @@ def evaluate(data_dir: Path, model_dir: Path, out: Path, batch_size: int = setti
         raise UserError(f"{out / files.METRICS} exists already; choose another --out folder")
     trained = json.loads((model_dir / files.TRAIN_METRICS).read_text())
     backbone = get_backbone(trained["backbone"])
-    model = keras.models.load_model(model_dir / files.MODEL)
+    # Rebuilt in float32 and loaded with the trained weights: a model trained in mixed precision on a GPU
+    # evaluates at full speed on a CPU, where float16 kernels are slow.
+    keras.mixed_precision.set_global_policy("float32")
+    head = trained["settings"]
+    model = build_model(backbone, trained["image_size"], dense_units=head["dense_units"], dropout=head["dropout"],
+                        weights="none")
+    model.load_weights(model_dir / files.MODEL)
     read = dict(data_dir=data_dir, image_size=trained["image_size"],
                 preprocess_input=backbone.preprocess_input, batch_size=batch_size)
     val, test = predict(model, split="val", **read), predict(model, split="test", **read)
-    metrics = {"backbone": backbone.name, **summarize(test, val, samples)}
+    metrics = json_safe({"backbone": backbone.name, **summarize(test, val, samples)})
 
     out.mkdir(parents=True, exist_ok=True)
     test.to_csv(out / files.PREDICTIONS, index=False)
@@ -193,5 +218,5 @@ def evaluate(data_dir: Path, model_dir: Path, out: Path, batch_size: int = setti
     for name in (files.TRAIN_METRICS, files.HISTORY):
         if model_dir.resolve() != out.resolve():
             shutil.copyfile(model_dir / name, out / name)
-    (out / files.METRICS).write_text(json.dumps(metrics, indent=2))
+    (out / files.METRICS).write_text(json.dumps(metrics, indent=2, allow_nan=False))
     return metrics

@@ -38,6 +38,12 @@ def build_model(backbone: Backbone, image_size: int, *, dense_units: int = setti
             base.load_weights(weights_file)
         except (ValueError, OSError) as error:
             raise UserError(f"--weights {weights_file}: does not fit {backbone.name} ({error})") from None
+    if keras_weights is None and weights_file is None:
+        # From scratch there are no ImageNet statistics, and Keras' 0.99 momentum lags for hundreds of steps:
+        # inference then sees stale statistics and predicts one class (settings.FROM_SCRATCH_BN_MOMENTUM).
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = settings.FROM_SCRATCH_BN_MOMENTUM
     base.trainable = not freeze_backbone
     features = keras.layers.Flatten(name="flatten")(base.output)
     hidden = keras.layers.Dense(dense_units, activation="relu", name="dense")(features)

@@ -112,6 +112,10 @@ def plot_confusion(results: list[Result], path: Path) -> None:
     plt.close(figure)
 
 
+def _span(interval: list[float | None]) -> str:
+    return "n/a" if None in interval else f"{interval[0]:.3f}-{interval[1]:.3f}"
+
+
 def leaderboard(results: list[Result]) -> pd.DataFrame:
     """One row per backbone, sorted by test ROC AUC (best first)."""
     rows = []
@@ -125,7 +129,7 @@ def leaderboard(results: list[Result]) -> pd.DataFrame:
             "test_loss": metrics["loss"], "test_accuracy": at_default["accuracy"]["value"],
             "sensitivity": at_default["sensitivity"]["value"], "specificity": at_default["specificity"]["value"],
             "roc_auc": metrics["roc_auc"]["value"],
-            "roc_auc_ci95": "{:.3f}-{:.3f}".format(*metrics["roc_auc"]["ci95"]),
+            "roc_auc_ci95": _span(metrics["roc_auc"]["ci95"]),
             "val_threshold": metrics["thresholds"]["validation"],
             "sensitivity_at_val_threshold": at_validation["sensitivity"]["value"],
             "specificity_at_val_threshold": at_validation["specificity"]["value"],

@@ -45,6 +45,10 @@ PATIENCE = 5
 BATCH_SIZE = 32
 IMAGE_SIZE = 0  # 0 = each backbone's native input size (224 or 299, GUIDE section 5)
 FREEZE_BACKBONE = False  # the seed fine-tuned the whole network
+# BatchNormalization momentum when training from scratch (weights "none", the CPU demo and tests). Measured on
+# synthetic data: MobileNet's validation accuracy stayed at the majority class for 6 epochs with Keras' 0.99,
+# and reached 0.91 by epoch 5 with 0.9. ImageNet-initialised backbones keep Keras' default.
+FROM_SCRATCH_BN_MOMENTUM = 0.9
 
 # --- Evaluation --------------------------------------------------------------------------------------------
 

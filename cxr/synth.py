@@ -71,11 +71,12 @@ def draw_film(rng: np.random.Generator, subtype: str) -> np.ndarray:
     film += ribs * torso
     if subtype in ("bacteria", "virus"):
         cy, cx, ry, rx = lungs[rng.integers(2)]
+        film += rng.uniform(30, 45) * _blob(height, width, cy, cx, ry, rx)  # the lung field loses its darkness
         patches = rng.integers(1, 3) if subtype == "bacteria" else rng.integers(5, 10)
-        scale = 0.5 if subtype == "bacteria" else 0.2
+        scale = 0.55 if subtype == "bacteria" else 0.22
         for _ in range(patches):
             py, px = cy + rng.uniform(-0.6, 0.6) * ry, cx + rng.uniform(-0.6, 0.6) * rx
-            film += rng.uniform(55, 85) * _blob(height, width, py, px, ry * scale, rx * scale * 1.3)
+            film += rng.uniform(60, 90) * _blob(height, width, py, px, ry * scale, rx * scale * 1.3)
     film *= rng.uniform(0.85, 1.15)  # exposure
     film += rng.normal(0, 6, film.shape)
     return np.clip(film, 0, 255)

@@ -198,7 +198,7 @@ def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | 
         model.fit(read_split(split="train", shuffle=True, seed=options.seed, **read),
                   validation_data=read_split(split="val", **read),
                   epochs=options.epochs, initial_epoch=tracker.state["epochs_done"],
-                  class_weight=class_weights(counts["train"]), callbacks=[tracker],
+                  class_weight=class_weights(counts["train"]), callbacks=[tracker], shuffle=False,
                   verbose=1 if sys.stdout.isatty() else 2)
 
     state = tracker.state

@@ -85,3 +85,18 @@ def bucket(gcs_emulator, request):
 
     name = "b-" + request.node.name.lower().replace("_", "-")[:50]
     return gcs.client().create_bucket(name)
+
+
+@pytest.fixture(scope="session")
+def evaluated_results(processed_dataset, tmp_path_factory) -> dict[str, Path]:
+    """Two backbones trained for one epoch at 32 px and evaluated: backbone name -> result folder."""
+    from cxr.evaluate import evaluate
+    from cxr.train import TrainSettings, train
+
+    root = tmp_path_factory.mktemp("results")
+    results = {}
+    for name in ("MobileNet", "VGG16"):
+        train(processed_dataset, root / f"{name}-model", TrainSettings(name, epochs=1, image_size=32, weights="none"))
+        evaluate(processed_dataset, root / f"{name}-model", root / name, samples=50)
+        results[name] = root / name
+    return results

@@ -1,0 +1,82 @@
+import keras
+import numpy as np
+import pytest
+
+from cxr.backbones import BACKBONES, get_backbone, input_size
+from cxr.errors import UserError
+from cxr.model import build_model
+
+
+def test_names_match_in_any_case_and_unknown_ones_list_the_valid():
+    assert get_backbone("RESNET50").name == "ResNet50"
+    assert get_backbone("inceptionv3").native_size == 299
+    with pytest.raises(UserError, match="valid: MobileNet, InceptionV3, Xception, ResNet50, VGG16"):
+        get_backbone("resnet18")
+
+
+def test_native_size_for_zero_and_small_sizes_raised_to_the_minimum(capsys):
+    assert input_size(get_backbone("vgg16"), 0) == 224
+    assert input_size(get_backbone("xception"), 0) == 299
+    assert input_size(get_backbone("mobilenet"), 64) == 64
+    assert input_size(get_backbone("InceptionV3"), 64) == 75
+    assert "raised to its minimum, 75" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--image-size"):
+        input_size(get_backbone("vgg16"), -1)
+
+
+@pytest.fixture
+def mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def _images(size: int, count: int = 2) -> np.ndarray:
+    return np.random.default_rng(0).uniform(-1, 1, (count, size, size, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("name", [b.name for b in BACKBONES.values()])
+def test_every_backbone_builds_the_seed_head_and_trains_a_step(name):
+    backbone = get_backbone(name)
+    model = build_model(backbone, backbone.min_size, weights="none")
+    assert [layer.__class__.__name__ for layer in model.layers[-4:]] == ["Flatten", "Dense", "Dropout", "Dense"]
+    assert model.layers[-3].units == 16 and model.layers[-2].rate == 0.5
+    model.compile(keras.optimizers.Adam(1e-5), "binary_crossentropy")
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    loss = model.train_on_batch(_images(backbone.min_size), np.array([0.0, 1.0]))
+    assert np.isfinite(loss)
+    changed = [not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights, strict=True)]
+    assert all(changed)
+
+
+@pytest.mark.parametrize("name", [b.name for b in BACKBONES.values()])
+def test_output_stays_float32_under_mixed_precision(name, mixed_precision):
+    backbone = get_backbone(name)
+    model = build_model(backbone, backbone.min_size, weights="none")
+    assert model.layers[1].compute_dtype == "float16"  # the backbone runs in half precision
+    output = model.predict_on_batch(_images(backbone.min_size))
+    assert output.shape == (2, 1) and output.dtype == np.float32
+    assert ((output >= 0) & (output <= 1)).all()
+
+
+def test_weights_file_is_loaded_into_the_backbone(tmp_path):
+    backbone = get_backbone("mobilenet")
+    source = build_model(backbone, 32, weights="none")
+    base = keras.Model(source.input, source.get_layer("flatten").input)  # the backbone alone
+    path = tmp_path / "mobilenet.weights.h5"
+    base.save_weights(path)
+    loaded = build_model(backbone, 32, weights=str(path))
+    first_conv = next(layer for layer in loaded.layers if layer.weights)
+    expected = next(layer for layer in source.layers if layer.weights)
+    np.testing.assert_array_equal(first_conv.get_weights()[0], expected.get_weights()[0])
+
+
+def test_a_missing_weights_file_is_one_clear_error():
+    with pytest.raises(UserError, match="--weights /nope.weights.h5"):
+        build_model(get_backbone("mobilenet"), 32, weights="/nope.weights.h5")
+
+
+def test_frozen_backbone_trains_the_head_only():
+    model = build_model(get_backbone("mobilenet"), 32, weights="none", freeze_backbone=True)
+    trainable = {w.path.split("/")[0] for w in model.trainable_weights}
+    assert trainable == {"dense", "pneumonia"}
