@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint demo synth
+.PHONY: help install test lint demo synth compile images image-test cluster deploy load run upload ui down
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,3 +30,72 @@ lint: install ## ruff
 
 synth: install ## write a synthetic dataset to runs/synthetic (small films, for trying the CLI)
 	$(VENV)/bin/cxr synth runs/synthetic --per-class 100 --min-size 256 --max-size 512
+
+demo: install ## the whole pipeline on synthetic data through KFP's local runner; prints where the report is
+	$(PYTHON) -m pipelines.local_demo --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+
+# Compile-time settings of the pipeline YAML (defaults as in cxr/settings.py); override on the command line.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_REPO ?= localhost/cxr-bench
+IMAGE ?= $(IMAGE_REPO):$(VERSION)-gpu
+PARALLELISM ?= 5
+GPU_NODE_SELECTOR ?= nvidia.com/gpu.present=true
+CHECKPOINT_PVC ?= cxr-checkpoints
+
+compile: install ## compile pipelines/chest_xray_benchmark.yaml, the file to upload in the KFP UI
+	CXR_IMAGE=$(IMAGE) CXR_PARALLELISM=$(PARALLELISM) CXR_GPU_NODE_SELECTOR=$(GPU_NODE_SELECTOR) \
+	CXR_CHECKPOINT_PVC=$(CHECKPOINT_PVC) $(PYTHON) -m pipelines.chest_xray_benchmark
+
+# --- Containers and the cluster path (README, "The cluster path") -------------------------------------------
+
+# docker where an engine answers, else podman.
+CONTAINER ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
+BASE_IMAGE ?= python:3.11-slim-bookworm
+
+images: ## build the component image, GPU and CPU variants (tags VERSION-gpu, VERSION-cpu)
+	for variant in gpu cpu; do \
+	  $(CONTAINER) build -f docker/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	    --build-arg TF_VARIANT=$$variant --build-arg VERSION=$(VERSION) -t $(IMAGE_REPO):$(VERSION)-$$variant . || exit 1; \
+	done
+
+image-test: ## build the CPU image with podman on a debootstrap base and run the steps inside it (root; CI)
+	bash docker/test-image.sh
+
+CLUSTER ?= cxr
+KFP_VERSION ?= 2.17.0
+DEVICE_PLUGIN_VERSION ?= 0.17.1
+KFP_MANIFESTS := github.com/kubeflow/pipelines/manifests/kustomize
+KFP_HOST ?= http://localhost:8080
+# Pipeline arguments for `make run`, as NAME=VALUE words (values as JSON where they parse).
+RUN_ARGS ?= source=kaggle
+
+cluster: ## create the kind cluster with a GPU worker (nvkind; see k8s/kind/cluster.yaml.tmpl)
+	nvkind cluster create --name $(CLUSTER) --config-template k8s/kind/cluster.yaml.tmpl
+	kubectl --context kind-$(CLUSTER) get nodes -L nvidia.com/gpu.present
+
+deploy: install ## NVIDIA device plugin, KFP 2.17, the overlay, the Kaggle secret; waits until ready
+	helm repo add nvdp https://nvidia.github.io/k8s-device-plugin --force-update
+	helm upgrade -i nvidia-device-plugin nvdp/nvidia-device-plugin --version $(DEVICE_PLUGIN_VERSION) \
+	  --namespace nvidia --create-namespace --wait
+	kubectl apply -k "$(KFP_MANIFESTS)/cluster-scoped-resources?ref=$(KFP_VERSION)"
+	kubectl wait --for condition=established --timeout=120s crd/applications.app.k8s.io
+	kubectl apply -k "$(KFP_MANIFESTS)/env/platform-agnostic?ref=$(KFP_VERSION)"
+	kubectl apply -k k8s/overlays/kind
+	$(VENV)/bin/cxr kaggle-secret --namespace kubeflow
+	$(VENV)/bin/cxr cluster-ready --namespace kubeflow
+
+load: ## load the GPU image into the kind cluster's nodes
+	kind load docker-image $(IMAGE) --name $(CLUSTER)
+
+ui: ## forward the KFP UI and API to localhost:8080
+	kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80
+
+run: compile ## submit the pipeline to KFP_HOST with RUN_ARGS, wait, print the run's URL and final state
+	$(VENV)/bin/cxr submit --host $(KFP_HOST) --package pipelines/chest_xray_benchmark.yaml \
+	  $(foreach arg,$(RUN_ARGS),--arg $(arg))
+
+upload: compile ## upload the compiled YAML to KFP_HOST as a new pipeline version
+	$(VENV)/bin/cxr upload --host $(KFP_HOST) --package pipelines/chest_xray_benchmark.yaml
+
+down: ## delete the kind cluster
+	kind delete cluster --name $(CLUSTER)

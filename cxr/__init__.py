@@ -4,5 +4,3 @@ Modules, in the order data flows through them: synth (a stand-in dataset), inges
 patients / images / split / preprocess (leak-free TFRecords), data (the tf.data reader), backbones / model /
 train (the study), evaluate (medical metrics), report (plots and leaderboard), cluster (submit to KFP).
 """
-
-__version__ = "0.1.0"

@@ -6,6 +6,7 @@
     cxr train --data DIR --backbone NAME --out DIR
     cxr evaluate --data DIR --model DIR --out DIR
     cxr report RESULT_DIR... --out DIR
+    cxr submit / upload / cluster-ready / kaggle-secret   the cluster path (make run, make upload, make deploy)
 """
 
 from __future__ import annotations
@@ -74,6 +75,34 @@ def _report(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} files; open {written['report.html']}")
 
 
+def _submit(args: argparse.Namespace) -> None:
+    from cxr.cluster import parse_arguments, submit
+
+    outcome = submit(args.host, args.package, parse_arguments(args.arg), args.experiment, wait=not args.no_wait)
+    if outcome.state not in ("SUCCEEDED", "SUBMITTED"):
+        raise UserError(f"run {outcome.run_id} ended {outcome.state}: see {outcome.url}")
+    if outcome.state == "SUCCEEDED":
+        print(f"run: the report is the 'report' (HTML) output of the aggregate task: {outcome.url}")
+
+
+def _upload(args: argparse.Namespace) -> None:
+    from cxr.cluster import upload
+
+    upload(args.host, args.package)
+
+
+def _cluster_ready(args: argparse.Namespace) -> None:
+    from cxr.cluster import wait_until_ready
+
+    wait_until_ready(args.namespace, args.timeout, need_gpu=not args.no_gpu)
+
+
+def _kaggle_secret(args: argparse.Namespace) -> None:
+    from cxr.cluster import create_kaggle_secret
+
+    create_kaggle_secret(args.namespace)
+
+
 def _switch(value: str) -> bool | None:
     choices = {"auto": None, "on": True, "off": False}
     if value not in choices:
@@ -140,6 +169,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("report", _report, "compare evaluated backbones: graphs, leaderboard, report.html")
     sub.add_argument("results", nargs="+", type=Path, metavar="RESULT_DIR", help="--out folders of `cxr evaluate`")
     sub.add_argument("--out", required=True, type=Path)
+
+    package = Path("pipelines/chest_xray_benchmark.yaml")
+    sub = command("submit", _submit, "submit the compiled pipeline to KFP, wait, print the run's URL and state")
+    sub.add_argument("--host", required=True, help="the KFP endpoint, e.g. http://localhost:8080")
+    sub.add_argument("--package", type=Path, default=package)
+    sub.add_argument("--experiment", default=settings.PIPELINE_NAME)
+    sub.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
+                     help="a pipeline argument; VALUE as JSON where it parses (repeatable)")
+    sub.add_argument("--no-wait", action="store_true", help="return after submitting")
+
+    sub = command("upload", _upload, "upload the compiled pipeline as a new version, for the KFP UI")
+    sub.add_argument("--host", required=True)
+    sub.add_argument("--package", type=Path, default=package)
+
+    sub = command("cluster-ready", _cluster_ready, "wait until KFP's deployments are available and a GPU is visible")
+    sub.add_argument("--namespace", default="kubeflow")
+    sub.add_argument("--timeout", type=int, default=900, help="seconds")
+    sub.add_argument("--no-gpu", action="store_true", help="do not wait for an allocatable nvidia.com/gpu")
+
+    sub = command("kaggle-secret", _kaggle_secret,
+                  "create the optional Kaggle secret from KAGGLE_USERNAME and KAGGLE_KEY in the environment")
+    sub.add_argument("--namespace", default="kubeflow")
     return parser
 
 

@@ -220,3 +220,20 @@ def evaluate(data_dir: Path, model_dir: Path, out: Path, batch_size: int = setti
             shutil.copyfile(model_dir / name, out / name)
     (out / files.METRICS).write_text(json.dumps(metrics, indent=2, allow_nan=False))
     return metrics
+
+
+def headline_metrics(metrics: dict) -> dict[str, float]:
+    """The scalars a dashboard shows (the KFP UI's metrics table), rounded; undefined ones left out."""
+    flat = {"roc_auc": metrics["roc_auc"]["value"], "test_loss": metrics["loss"],
+            "validation_threshold": metrics["thresholds"]["validation"]}
+    for name, prefix in (("default", ""), ("validation", "val_threshold_")):
+        for metric in ("accuracy", "sensitivity", "specificity", "precision", "f1"):
+            flat[prefix + metric] = metrics[f"at_{name}_threshold"][metric]["value"]
+    return {name: round(value, 4) for name, value in flat.items() if value is not None}
+
+
+def roc_points(result_dir: Path, max_points: int = 200) -> dict[str, list[float]]:
+    """The test ROC curve of a result folder, thinned to at most `max_points` (ends kept) for the KFP UI."""
+    curve = pd.read_csv(Path(result_dir) / files.ROC)
+    keep = np.unique(np.linspace(0, len(curve) - 1, min(max_points, len(curve))).round().astype(int))
+    return {column: curve[column].iloc[keep].astype(float).tolist() for column in ("fpr", "tpr", "threshold")}

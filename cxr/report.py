@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on clusters and CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cxr import files, settings  # noqa: E402
@@ -52,6 +53,7 @@ def plot_loss_acc(result: Result, path: Path) -> None:
         axis.plot(history["epoch"], history[f"val_{metric}"], "s-", label=f"validation {metric}")
         axis.axvline(result.training["best_epoch"], color="grey", linestyle=":", label="best epoch (kept)")
         axis.set(xlabel="epoch", ylabel=metric, title=f"{result.backbone}: {metric}")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()

@@ -5,6 +5,7 @@ The CLI, the KFP components and the pipeline read their defaults from here; noth
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 
 # --- The dataset (GUIDE section 2) -------------------------------------------------------------------------
@@ -57,7 +58,7 @@ CONFIDENCE = 0.95
 
 # --- Containers and the pipeline ---------------------------------------------------------------------------
 
-VERSION = "0.1.0"
+VERSION = importlib.metadata.version("cxr-bench")  # pyproject.toml's, the one place it is written
 # The image every component runs in. `make images` tags it; `make compile IMAGE=...` overrides it.
 COMPONENT_IMAGE = os.environ.get("CXR_IMAGE", f"localhost/cxr-bench:{VERSION}-gpu")
 PIPELINE_NAME = "chest-xray-backbone-benchmark"
@@ -71,4 +72,7 @@ GPU_TOLERATION_KEY = "nvidia.com/gpu"
 TRAIN_CPU = "4"
 TRAIN_MEMORY = "16G"
 TRAIN_RETRIES = 3  # a preempted GPU node resumes from the last epoch's checkpoint
+# A PersistentVolumeClaim mounted on the train tasks for their checkpoints (k8s/base/checkpoints-pvc.yaml), so
+# that a retry on another pod resumes; "" leaves checkpoints in the pod, lost with it.
+CHECKPOINT_PVC = os.environ.get("CXR_CHECKPOINT_PVC", "cxr-checkpoints")
 KAGGLE_SECRET = "kaggle-credentials"  # optional Kubernetes Secret with keys KAGGLE_USERNAME, KAGGLE_KEY

@@ -152,6 +152,7 @@ def _prepare_output(out: Path, checkpoint: Path, options: TrainSettings) -> None
     for folder in (out, checkpoint):
         if folder.exists() and any(folder.iterdir()):
             raise UserError(f"{folder} is not empty and holds no checkpoint; choose an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
     checkpoint.mkdir(parents=True, exist_ok=True)
     settings_file.write_text(wanted)
 

@@ -1,0 +1,21 @@
+from kfp import dsl
+from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from cxr import settings
+
+
+@dsl.component(base_image=settings.COMPONENT_IMAGE, install_kfp_package=False)
+def evaluate_backbone(processed: Input[Dataset], model: Input[Model], batch_size: int, result: Output[Artifact],
+                      metrics: Output[Metrics], classification: Output[ClassificationMetrics]):
+    """Evaluate on the test split; the KFP UI draws the confusion matrix and the ROC curve."""
+    from cxr import settings
+    from cxr.evaluate import evaluate, headline_metrics, roc_points
+
+    evaluation = evaluate(processed.path, model.path, result.path, batch_size=batch_size)
+    result.metadata["backbone"] = evaluation["backbone"]
+    for name, value in headline_metrics(evaluation).items():
+        metrics.log_metric(name, value)
+    classification.log_confusion_matrix(list(settings.CLASS_NAMES),
+                                        evaluation["at_default_threshold"]["confusion_matrix"])
+    points = roc_points(result.path)
+    classification.log_roc_curve(points["fpr"], points["tpr"], points["threshold"])

@@ -1,0 +1,93 @@
+"""The pipeline: ingest -> preprocess -> for each backbone in parallel (train -> evaluate) -> aggregate.
+
+    python -m pipelines.chest_xray_benchmark [--output pipelines/chest_xray_benchmark.yaml]
+
+compiles it into the YAML that users upload in the KFP UI (`make compile`). What KFP fixes in the YAML is read
+from the environment at compile time, through cxr.settings: the image (CXR_IMAGE), the fan-out parallelism
+(CXR_PARALLELISM), the GPU node pool (CXR_GPU_NODE_SELECTOR) and the checkpoint volume (CXR_CHECKPOINT_PVC).
+"""
+
+import argparse
+from pathlib import Path
+from typing import List
+
+from kfp import compiler, dsl, kubernetes
+from kfp.dsl import Artifact
+
+from components import aggregate_results, evaluate_backbone, ingest_dataset, preprocess_dataset, train_backbone
+from cxr import settings
+
+YAML = Path(__file__).with_suffix(".yaml")
+CHECKPOINT_MOUNT = "/checkpoints"
+
+
+def on_gpu_node(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """One GPU on the GPU node pool, with room for TensorFlow's input pipeline and shared memory."""
+    key, _, value = settings.GPU_NODE_SELECTOR.partition("=")
+    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+    task.set_cpu_request(settings.TRAIN_CPU).set_memory_request(settings.TRAIN_MEMORY)
+    task.set_memory_limit(settings.TRAIN_MEMORY)
+    kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    kubernetes.add_toleration(task, key=settings.GPU_TOLERATION_KEY, operator="Exists", effect="NoSchedule")
+    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
+    return task
+
+
+@dsl.pipeline(name=settings.PIPELINE_NAME,
+              description="Five ImageNet CNNs on chest X-rays (pneumonia), trained in parallel and compared with "
+                          "patient-level splits, sensitivity, specificity and ROC AUC.")
+def chest_xray_benchmark(
+    source: str = "kaggle",
+    cache: str = "",
+    backbones: List[str] = list(settings.BACKBONES),
+    epochs: int = settings.EPOCHS,
+    batch_size: int = settings.BATCH_SIZE,
+    learning_rate: float = settings.LEARNING_RATE,
+    dense_units: int = settings.DENSE_UNITS,
+    dropout: float = settings.DROPOUT,
+    image_size: int = settings.IMAGE_SIZE,
+    weights: str = settings.WEIGHTS,
+    patience: int = settings.PATIENCE,
+    processed_image_size: int = settings.PROCESSED_IMAGE_SIZE,
+    val_fraction: float = settings.VAL_FRACTION,
+    split: str = settings.SPLIT_MODE,
+    seed: int = settings.SEED,
+    checkpoint_root: str = CHECKPOINT_MOUNT if settings.CHECKPOINT_PVC else "",
+) -> Artifact:
+    ingest = ingest_dataset(source=source, cache=cache).set_display_name("ingest")
+    kubernetes.use_secret_as_env(ingest, secret_name=settings.KAGGLE_SECRET, optional=True,
+                                 secret_key_to_env={"KAGGLE_USERNAME": "KAGGLE_USERNAME", "KAGGLE_KEY": "KAGGLE_KEY"})
+
+    preprocess = preprocess_dataset(raw=ingest.outputs["raw"], image_size=processed_image_size,
+                                    val_fraction=val_fraction, split=split, seed=seed).set_display_name("preprocess")
+    for task in (ingest, preprocess):
+        task.set_caching_options(True)
+
+    with dsl.ParallelFor(backbones, parallelism=settings.PARALLELISM, name="for-each-backbone") as backbone:
+        train = train_backbone(processed=preprocess.outputs["processed"], backbone=backbone, epochs=epochs,
+                               batch_size=batch_size, learning_rate=learning_rate, dense_units=dense_units,
+                               dropout=dropout, image_size=image_size, weights=weights, patience=patience,
+                               seed=seed, checkpoint_root=checkpoint_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        on_gpu_node(train.set_display_name("train").set_retry(settings.TRAIN_RETRIES).set_caching_options(False))
+        if settings.CHECKPOINT_PVC:
+            kubernetes.mount_pvc(train, pvc_name=settings.CHECKPOINT_PVC, mount_path=CHECKPOINT_MOUNT)
+        evaluate = evaluate_backbone(processed=preprocess.outputs["processed"], model=train.outputs["model"],
+                                     batch_size=batch_size).set_display_name("evaluate")
+
+    # Fan-in at the root, into a task: a list of artifacts passed into a nested sub-pipeline keeps only one
+    # (kubeflow/pipelines#13900). The component sorts what arrives; KFP does not guarantee the order.
+    aggregate = aggregate_results(results=dsl.Collected(evaluate.outputs["result"])).set_display_name("aggregate")
+    return aggregate.outputs["plots"]  # the report folder: report.html, the graphs, the leaderboard
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output", type=Path, default=YAML)
+    args = parser.parse_args()
+    compiler.Compiler().compile(chest_xray_benchmark, str(args.output))
+    print(f"compiled {args.output} (image {settings.COMPONENT_IMAGE}, parallelism {settings.PARALLELISM}, "
+          f"GPU nodes {settings.GPU_NODE_SELECTOR}, checkpoint volume {settings.CHECKPOINT_PVC or 'none'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""The pipeline as KFP sees it: the compiled YAML, and every component run through KFP's local runner."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from kfp import dsl, local
+from kfp.dsl import Dataset, Model
+
+from components import evaluate_backbone, ingest_dataset, preprocess_dataset, train_backbone
+from cxr import settings
+from pipelines.chest_xray_benchmark import YAML, chest_xray_benchmark
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _compile(output: Path, **env) -> str:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
+    subprocess.run([sys.executable, "-m", "pipelines.chest_xray_benchmark", "--output", str(output)], cwd=ROOT,
+                   env={**clean, **env}, check=True, capture_output=True)
+    return output.read_text()
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict:
+    # Credentials in the environment at compile time must not end up in the YAML.
+    text = _compile(tmp_path_factory.mktemp("yaml") / "p.yaml", KAGGLE_USERNAME="someone",
+                    KAGGLE_KEY="s3cr3t-kaggle-key", KAGGLE_API_TOKEN="s3cr3t-token")
+    return {"text": text, "docs": list(yaml.safe_load_all(text))}
+
+
+def test_committed_yaml_is_up_to_date(compiled):
+    assert YAML.read_text() == compiled["text"], "pipelines/chest_xray_benchmark.yaml is stale: run `make compile`"
+
+
+def test_no_secret_value_reaches_the_yaml(compiled):
+    for value in ("s3cr3t-kaggle-key", "s3cr3t-token", "someone"):
+        assert value not in compiled["text"]
+
+
+def _spec(compiled) -> tuple[dict, dict]:
+    pipeline, platform = compiled["docs"]
+    return pipeline, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_backbones_fan_out_in_parallel_and_fan_in_at_the_root(compiled):
+    pipeline, _ = _spec(compiled)
+    root = pipeline["root"]
+    loop = root["dag"]["tasks"]["for-each-backbone"]
+    assert loop["iterator"]["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--backbones"
+    assert loop["iteratorPolicy"]["parallelismLimit"] == settings.PARALLELISM == 5
+    assert root["inputDefinitions"]["parameters"]["backbones"]["defaultValue"] == list(settings.BACKBONES)
+    inner = pipeline["components"]["comp-for-each-backbone"]["dag"]["tasks"]
+    assert set(inner) == {"train-backbone", "evaluate-backbone"}
+    aggregate = root["dag"]["tasks"]["aggregate-results"]
+    assert "for-each-backbone" in aggregate["dependentTasks"]
+
+
+def test_train_asks_for_a_gpu_on_the_gpu_pool_and_retries(compiled):
+    pipeline, executors = _spec(compiled)
+    train = pipeline["deploymentSpec"]["executors"]["exec-train-backbone"]["container"]
+    assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert train["resources"]["accelerator"]["resourceCount"] == "1"
+    assert train["image"] == settings.COMPONENT_IMAGE
+    platform = executors["exec-train-backbone"]
+    assert platform["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+    assert platform["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+    assert platform["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
+    assert platform["pvcMount"][0]["mountPath"] == "/checkpoints"
+    inner = pipeline["components"]["comp-for-each-backbone"]["dag"]["tasks"]["train-backbone"]
+    assert inner["retryPolicy"]["maxRetryCount"] == settings.TRAIN_RETRIES
+
+
+def test_kaggle_credentials_reach_ingest_only_from_an_optional_secret(compiled):
+    _, executors = _spec(compiled)
+    secret = executors["exec-ingest-dataset"]["secretAsEnv"][0]
+    assert secret["secretName"] == settings.KAGGLE_SECRET and secret["optional"] is True
+    assert {k["envVar"] for k in secret["keyToEnv"]} == {"KAGGLE_USERNAME", "KAGGLE_KEY"}
+    assert [name for name, spec in executors.items() if "secretAsEnv" in spec] == ["exec-ingest-dataset"]
+
+
+def test_ingest_and_preprocess_are_cached_and_train_is_not(compiled):
+    pipeline, _ = _spec(compiled)
+    tasks = pipeline["root"]["dag"]["tasks"]
+    assert tasks["ingest-dataset"]["cachingOptions"] == {"enableCache": True}
+    assert tasks["preprocess-dataset"]["cachingOptions"] == {"enableCache": True}
+    inner = pipeline["components"]["comp-for-each-backbone"]["dag"]["tasks"]
+    assert inner["train-backbone"]["cachingOptions"].get("enableCache", False) is False
+
+
+def test_compile_time_settings_change_the_yaml(tmp_path):
+    docs = list(yaml.safe_load_all(_compile(tmp_path / "p.yaml", CXR_PARALLELISM="2", CXR_IMAGE="reg.io/cxr:9",
+                                            CXR_GPU_NODE_SELECTOR="cloud.google.com/gke-accelerator=nvidia-l4",
+                                            CXR_CHECKPOINT_PVC="")))
+    pipeline, platform = docs
+    assert pipeline["root"]["dag"]["tasks"]["for-each-backbone"]["iteratorPolicy"]["parallelismLimit"] == 2
+    assert pipeline["deploymentSpec"]["executors"]["exec-train-backbone"]["container"]["image"] == "reg.io/cxr:9"
+    train = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-backbone"]
+    assert train["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert "pvcMount" not in train
+
+
+# --- components through kfp.local -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_runner(tmp_path_factory):
+    local.init(runner=local.SubprocessRunner(use_venv=False),
+               pipeline_root=str(tmp_path_factory.mktemp("pipeline-root")))
+
+
+def test_ingest_component(local_runner, synthetic_archive):
+    task = ingest_dataset(source=str(synthetic_archive), cache="")
+    raw = task.outputs["raw"]
+    assert sorted(p.name for p in Path(raw.path).iterdir()) == ["ingest.json", "test", "train", "val"]
+    assert raw.metadata["images"] == sum(1 for _ in Path(synthetic_archive).rglob("*.jpeg"))
+    assert raw.metadata["duplicates_dropped"] == 0
+
+
+def test_preprocess_component(local_runner, raw_dataset):
+    @dsl.pipeline
+    def just_preprocess() -> Dataset:
+        raw = dsl.importer(artifact_uri=str(raw_dataset), artifact_class=Dataset)
+        return preprocess_dataset(raw=raw.output, image_size=32, val_fraction=0.2, split="patient",
+                                  seed=1).outputs["processed"]
+
+    processed = just_preprocess().output
+    stats = json.loads((Path(processed.path) / "stats.json").read_text())
+    assert processed.metadata["counts"] == stats["counts"]
+    assert processed.metadata["patients_in_several_splits"] == 0 and processed.metadata["skipped"] == 0
+
+
+def test_train_then_evaluate_components(local_runner, processed_dataset, tmp_path):
+    @dsl.pipeline
+    def train_and_evaluate() -> Model:
+        data = dsl.importer(artifact_uri=str(processed_dataset), artifact_class=Dataset)
+        train = train_backbone(processed=data.output, backbone="MobileNet", epochs=1, batch_size=16,
+                               learning_rate=1e-3, dense_units=16, dropout=0.5, image_size=32, weights="none",
+                               patience=2, seed=1, checkpoint_root=str(tmp_path / "ckpt"), run_id="run-1")
+        evaluate_backbone(processed=data.output, model=train.outputs["model"], batch_size=16)
+        return train.outputs["model"]
+
+    model = train_and_evaluate().output
+    assert (Path(model.path) / "model.keras").is_file()
+    assert model.metadata["backbone"] == "MobileNet" and model.metadata["image_size"] == 32
+    assert (tmp_path / "ckpt" / "run-1" / "mobilenet" / "state.json").is_file()
+    assert not (Path(model.path) / "checkpoint").exists()  # checkpoints stay out of the model artifact
+
+
+def test_whole_pipeline_with_two_backbones(local_runner, synthetic_archive, tmp_path):
+    run = chest_xray_benchmark(source=str(synthetic_archive), backbones=["VGG16", "MobileNet"], epochs=1,
+                               batch_size=16, learning_rate=1e-3, image_size=32, weights="none",
+                               processed_image_size=32, val_fraction=0.2, checkpoint_root=str(tmp_path / "ckpt"))
+    report = Path(run.output.path)
+    table = pd.read_csv(report / "leaderboard.csv")
+    assert sorted(table["backbone"]) == ["MobileNet", "VGG16"]
+    assert (report / "report.html").stat().st_size > 10_000
+    assert {"MobileNet_loss_acc_graph.png", "VGG16_loss_acc_graph.png", "compared_model_graph.png"} <= {
+        p.name for p in report.iterdir()}
+    for backbone in ("mobilenet", "vgg16"):
+        assert len(list((tmp_path / "ckpt").glob(f"*/{backbone}/state.json"))) == 1
