@@ -13,8 +13,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on clusters and CI
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cxr import files, settings  # noqa: E402
 from cxr.errors import UserError  # noqa: E402
@@ -44,6 +44,12 @@ def load_result(folder: Path) -> Result:
                   pd.read_csv(folder / files.HISTORY), metrics, pd.read_csv(folder / files.ROC))
 
 
+def _save(figure: plt.Figure, path: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def plot_loss_acc(result: Result, path: Path) -> None:
     """Train and validation loss and accuracy per epoch, as in the seed's section 4."""
     history = result.history
@@ -56,9 +62,7 @@ def plot_loss_acc(result: Result, path: Path) -> None:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def plot_comparison(results: list[Result], path: Path) -> None:
@@ -79,9 +83,7 @@ def plot_comparison(results: list[Result], path: Path) -> None:
     axis.set(xlabel="learning time (minutes)", ylabel="accuracy", title="Backbones: accuracy vs learning time")
     axis.grid(alpha=0.3)
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def plot_roc(results: list[Result], path: Path) -> None:
@@ -94,9 +96,7 @@ def plot_roc(results: list[Result], path: Path) -> None:
              title="ROC on the test split")
     axis.grid(alpha=0.3)
     axis.legend(loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def plot_confusion(results: list[Result], path: Path) -> None:
@@ -109,9 +109,7 @@ def plot_confusion(results: list[Result], path: Path) -> None:
                 axis.text(column, row, str(matrix[row][column]), ha="center", va="center", fontsize=12)
         axis.set(xticks=[0, 1], yticks=[0, 1], xticklabels=settings.CLASS_NAMES, yticklabels=settings.CLASS_NAMES,
                  xlabel="predicted", ylabel="true", title=result.backbone)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def _span(interval: list[float | None]) -> str:

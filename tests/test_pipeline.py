@@ -48,17 +48,24 @@ def _spec(compiled) -> tuple[dict, dict]:
     return pipeline, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
+def _loop(pipeline: dict) -> tuple[dict, dict]:
+    """The ParallelFor task at the root (displayed as for-each-backbone) and the tasks inside it."""
+    name, task = next((n, t) for n, t in pipeline["root"]["dag"]["tasks"].items()
+                      if t["taskInfo"]["name"] == "for-each-backbone")
+    return task, pipeline["components"][task["componentRef"]["name"]]["dag"]["tasks"]
+
+
 def test_backbones_fan_out_in_parallel_and_fan_in_at_the_root(compiled):
     pipeline, _ = _spec(compiled)
     root = pipeline["root"]
-    loop = root["dag"]["tasks"]["for-each-backbone"]
-    assert loop["iterator"]["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--backbones"
+    loop, inner = _loop(pipeline)
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--backbones"
     assert loop["iteratorPolicy"]["parallelismLimit"] == settings.PARALLELISM == 5
     assert root["inputDefinitions"]["parameters"]["backbones"]["defaultValue"] == list(settings.BACKBONES)
-    inner = pipeline["components"]["comp-for-each-backbone"]["dag"]["tasks"]
     assert set(inner) == {"train-backbone", "evaluate-backbone"}
     aggregate = root["dag"]["tasks"]["aggregate-results"]
-    assert "for-each-backbone" in aggregate["dependentTasks"]
+    assert aggregate["taskInfo"]["name"] == "aggregate"
+    assert aggregate["inputs"]["artifacts"]["results"]["taskOutputArtifact"]["producerTask"] in root["dag"]["tasks"]
 
 
 def test_train_asks_for_a_gpu_on_the_gpu_pool_and_retries(compiled):
@@ -72,8 +79,8 @@ def test_train_asks_for_a_gpu_on_the_gpu_pool_and_retries(compiled):
     assert platform["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
     assert platform["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
     assert platform["pvcMount"][0]["mountPath"] == "/checkpoints"
-    inner = pipeline["components"]["comp-for-each-backbone"]["dag"]["tasks"]["train-backbone"]
-    assert inner["retryPolicy"]["maxRetryCount"] == settings.TRAIN_RETRIES
+    _, inner = _loop(pipeline)
+    assert inner["train-backbone"]["retryPolicy"]["maxRetryCount"] == settings.TRAIN_RETRIES
 
 
 def test_kaggle_credentials_reach_ingest_only_from_an_optional_secret(compiled):
@@ -89,7 +96,7 @@ def test_ingest_and_preprocess_are_cached_and_train_is_not(compiled):
     tasks = pipeline["root"]["dag"]["tasks"]
     assert tasks["ingest-dataset"]["cachingOptions"] == {"enableCache": True}
     assert tasks["preprocess-dataset"]["cachingOptions"] == {"enableCache": True}
-    inner = pipeline["components"]["comp-for-each-backbone"]["dag"]["tasks"]
+    _, inner = _loop(pipeline)
     assert inner["train-backbone"]["cachingOptions"].get("enableCache", False) is False
 
 
@@ -98,7 +105,7 @@ def test_compile_time_settings_change_the_yaml(tmp_path):
                                             CXR_GPU_NODE_SELECTOR="cloud.google.com/gke-accelerator=nvidia-l4",
                                             CXR_CHECKPOINT_PVC="")))
     pipeline, platform = docs
-    assert pipeline["root"]["dag"]["tasks"]["for-each-backbone"]["iteratorPolicy"]["parallelismLimit"] == 2
+    assert _loop(pipeline)[0]["iteratorPolicy"]["parallelismLimit"] == 2
     assert pipeline["deploymentSpec"]["executors"]["exec-train-backbone"]["container"]["image"] == "reg.io/cxr:9"
     train = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-backbone"]
     assert train["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
