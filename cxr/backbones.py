@@ -30,6 +30,26 @@ BACKBONES: dict[str, Backbone] = {b.name.lower(): b for b in (
 )}
 
 
+@keras.saving.register_keras_serializable(package="cxr")
+class BackbonePreprocessing(keras.layers.Layer):
+    """uint8 grayscale films -> the backbone's input: float32, three channels, the family's own scaling.
+
+    Inside the model it runs on the accelerator, so the host ships 1 byte per pixel instead of 12 (three float32
+    channels), and a saved model.keras takes raw pixels.
+    """
+
+    def __init__(self, backbone: str, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+
+    def call(self, films):
+        images = keras.ops.repeat(keras.ops.cast(films, "float32"), 3, axis=-1)
+        return get_backbone(self.backbone).preprocess_input(images)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "backbone": self.backbone}
+
+
 def get_backbone(name: str) -> Backbone:
     """The backbone called `name`, in any letter case."""
     try:

@@ -1,8 +1,9 @@
-"""The tf.data reader that training and evaluation use: one split of the TFRecords, at a requested size, with
-a backbone's own preprocessing, batched, cached and prefetched.
+"""The tf.data reader that training and evaluation use: one split of the TFRecords at a requested size,
+batched, cached and prefetched, as uint8 grayscale films.
 
-Decoding PNGs and resizing happen once: the uint8 images are cached in memory after the first epoch (a 299-px
-train split is about 0.5 GB), so later epochs cost the GPU nothing but the float conversion.
+Decoding PNGs and resizing happen once: the films are cached in memory after the first epoch (a 299-px train
+split is about 0.5 GB). The backbone's own preprocessing is the model's first layer (cxr.backbones), on the
+accelerator, so each epoch after the first costs the host a shuffle and a batch.
 """
 
 from __future__ import annotations
@@ -52,13 +53,12 @@ def _decode(size: int) -> Callable:
     return decode
 
 
-def read_split(data_dir: Path, split: str, image_size: int, preprocess_input: Callable, batch_size: int,
-               shuffle: bool = False, seed: int = 0, with_metadata: bool = False) -> tf.data.Dataset:
-    """Batches of (images, labels) for one split, or of dicts with `patient_id` and `source` too.
+def read_split(data_dir: Path, split: str, image_size: int, batch_size: int, shuffle: bool = False,
+               seed: int = 0, with_metadata: bool = False) -> tf.data.Dataset:
+    """Batches of (films, labels) for one split, or of dicts with `patient_id` and `source` too.
 
-    images: float32 [batch, image_size, image_size, 3], the grayscale film repeated on three channels and put
-    through the backbone's `preprocess_input`; labels: float32 [batch], PNEUMONIA = 1. Without `shuffle`
-    the order is the order of the shards, the same on every call.
+    films: uint8 [batch, image_size, image_size, 1]; labels: float32 [batch], PNEUMONIA = 1. Without
+    `shuffle` the order is the order of the shards, the same on every call.
     """
     images = sum(split_counts(data_dir)[split].values())
     # A known length gives Keras a full progress bar from the first epoch.
@@ -71,10 +71,9 @@ def read_split(data_dir: Path, split: str, image_size: int, preprocess_input: Ca
     dataset = dataset.batch(batch_size)
 
     def to_model_input(batch: dict[str, tf.Tensor]):
-        images = preprocess_input(tf.image.grayscale_to_rgb(tf.cast(batch["image"], tf.float32)))
         labels = tf.cast(batch["label"], tf.float32)
         if with_metadata:
-            return {"image": images, "label": labels, "patient_id": batch["patient_id"], "source": batch["source"]}
-        return images, labels
+            return {**batch, "label": labels}
+        return batch["image"], labels
 
     return dataset.map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -166,12 +166,12 @@ def summarize(test: pd.DataFrame, val: pd.DataFrame, samples: int = settings.BOO
     return result
 
 
-def predict(model, data_dir: Path, split: str, image_size: int, preprocess_input, batch_size: int) -> pd.DataFrame:
+def predict(model, data_dir: Path, split: str, image_size: int, batch_size: int) -> pd.DataFrame:
     """One row per image of the split: patient_id, source, label, probability."""
     from cxr.data import read_split
 
     rows = []
-    for batch in read_split(data_dir, split, image_size, preprocess_input, batch_size, with_metadata=True):
+    for batch in read_split(data_dir, split, image_size, batch_size, with_metadata=True):
         probabilities = model.predict_on_batch(batch["image"]).reshape(-1)
         rows.append(pd.DataFrame({
             "patient_id": [v.decode() for v in batch["patient_id"].numpy()],
@@ -207,8 +207,7 @@ def evaluate(data_dir: Path, model_dir: Path, out: Path, batch_size: int = setti
     model = build_model(backbone, trained["image_size"], dense_units=head["dense_units"], dropout=head["dropout"],
                         weights="none")
     model.load_weights(model_dir / files.MODEL)
-    read = dict(data_dir=data_dir, image_size=trained["image_size"],
-                preprocess_input=backbone.preprocess_input, batch_size=batch_size)
+    read = dict(data_dir=data_dir, image_size=trained["image_size"], batch_size=batch_size)
     val, test = predict(model, split="val", **read), predict(model, split="test", **read)
     metrics = json_safe({"backbone": backbone.name, **summarize(test, val, samples)})
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import keras
 
 from cxr import settings
-from cxr.backbones import Backbone
+from cxr.backbones import Backbone, BackbonePreprocessing
 from cxr.errors import UserError
 
 
@@ -26,7 +26,8 @@ def _backbone_weights(weights: str) -> tuple[str | None, Path | None]:
 def build_model(backbone: Backbone, image_size: int, *, dense_units: int = settings.DENSE_UNITS,
                 dropout: float = settings.DROPOUT, weights: str = settings.WEIGHTS,
                 freeze_backbone: bool = settings.FREEZE_BACKBONE) -> keras.Model:
-    """The classifier on `backbone` for square inputs of `image_size`, outputting P(pneumonia) in float32.
+    """The classifier on `backbone` for uint8 grayscale films of `image_size` (shape [size, size, 1]),
+    outputting P(pneumonia) in float32.
 
     `weights`: "imagenet", "none", or a path to a backbone .weights.h5 file (clusters without internet).
     Under a mixed_float16 policy the last layer stays float32, so the sigmoid and the loss keep their precision.
@@ -45,8 +46,11 @@ def build_model(backbone: Backbone, image_size: int, *, dense_units: int = setti
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = settings.FROM_SCRATCH_BN_MOMENTUM
     base.trainable = not freeze_backbone
-    features = keras.layers.Flatten(name="flatten")(base.output)
+    films = keras.Input((image_size, image_size, 1), dtype="uint8", name="film")
+    # float32 whatever the policy: ImageNet mean subtraction loses precision in float16.
+    images = BackbonePreprocessing(backbone.name, dtype="float32", name="preprocess")(films)
+    features = keras.layers.Flatten(name="flatten")(base(images))
     hidden = keras.layers.Dense(dense_units, activation="relu", name="dense")(features)
     hidden = keras.layers.Dropout(dropout, name="dropout")(hidden)
     output = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="pneumonia")(hidden)
-    return keras.Model(base.input, output, name=f"{backbone.name}_classifier")
+    return keras.Model(films, output, name=f"{backbone.name}_classifier")

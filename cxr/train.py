@@ -194,8 +194,7 @@ def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | 
         print(f"train: resuming {backbone.name} after epoch {tracker.state['epochs_done']}", file=sys.stderr)
 
     if not tracker.finished:
-        read = dict(data_dir=data_dir, image_size=size, preprocess_input=backbone.preprocess_input,
-                    batch_size=options.batch_size)
+        read = dict(data_dir=data_dir, image_size=size, batch_size=options.batch_size)
         model.fit(read_split(split="train", shuffle=True, seed=options.seed, **read),
                   validation_data=read_split(split="val", **read),
                   epochs=options.epochs, initial_epoch=tracker.state["epochs_done"],

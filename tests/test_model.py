@@ -31,8 +31,12 @@ def mixed_precision():
     keras.mixed_precision.set_global_policy("float32")
 
 
-def _images(size: int, count: int = 2) -> np.ndarray:
-    return np.random.default_rng(0).uniform(-1, 1, (count, size, size, 3)).astype("float32")
+def _films(size: int, count: int = 2) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (count, size, size, 1)).astype("uint8")
+
+
+def _backbone_of(model: keras.Model) -> keras.Model:
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
 
 @pytest.mark.parametrize("name", [b.name for b in BACKBONES.values()])
@@ -43,7 +47,7 @@ def test_every_backbone_builds_the_seed_head_and_trains_a_step(name):
     assert model.layers[-3].units == 16 and model.layers[-2].rate == 0.5
     model.compile(keras.optimizers.Adam(1e-5), "binary_crossentropy")
     before = [w.numpy().copy() for w in model.trainable_weights]
-    loss = model.train_on_batch(_images(backbone.min_size), np.array([0.0, 1.0]))
+    loss = model.train_on_batch(_films(backbone.min_size), np.array([0.0, 1.0]))
     assert np.isfinite(loss)
     changed = [not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights, strict=True)]
     assert all(changed)
@@ -53,8 +57,9 @@ def test_every_backbone_builds_the_seed_head_and_trains_a_step(name):
 def test_output_stays_float32_under_mixed_precision(name, mixed_precision):
     backbone = get_backbone(name)
     model = build_model(backbone, backbone.min_size, weights="none")
-    assert model.layers[1].compute_dtype == "float16"  # the backbone runs in half precision
-    output = model.predict_on_batch(_images(backbone.min_size))
+    assert _backbone_of(model).compute_dtype == "float16"  # the backbone runs in half precision
+    assert model.get_layer("preprocess").compute_dtype == "float32"
+    output = model.predict_on_batch(_films(backbone.min_size))
     assert output.shape == (2, 1) and output.dtype == np.float32
     assert ((output >= 0) & (output <= 1)).all()
 
@@ -62,18 +67,27 @@ def test_output_stays_float32_under_mixed_precision(name, mixed_precision):
 def test_weights_file_is_loaded_into_the_backbone(tmp_path):
     backbone = get_backbone("mobilenet")
     source = build_model(backbone, 32, weights="none")
-    base = keras.Model(source.input, source.get_layer("flatten").input)  # the backbone alone
     path = tmp_path / "mobilenet.weights.h5"
-    base.save_weights(path)
+    _backbone_of(source).save_weights(path)
     loaded = build_model(backbone, 32, weights=str(path))
-    first_conv = next(layer for layer in loaded.layers if layer.weights)
-    expected = next(layer for layer in source.layers if layer.weights)
-    np.testing.assert_array_equal(first_conv.get_weights()[0], expected.get_weights()[0])
+    for expected, got in zip(_backbone_of(source).weights, _backbone_of(loaded).weights, strict=True):
+        np.testing.assert_array_equal(expected.numpy(), got.numpy())
 
 
 def test_a_missing_weights_file_is_one_clear_error():
     with pytest.raises(UserError, match="--weights /nope.weights.h5"):
         build_model(get_backbone("mobilenet"), 32, weights="/nope.weights.h5")
+
+
+def test_preprocessing_is_the_backbones_own_and_survives_saving(tmp_path):
+    backbone = get_backbone("vgg16")
+    model = build_model(backbone, 32, weights="none")
+    films = _films(32)
+    expected = backbone.preprocess_input(np.repeat(films.astype("float32"), 3, axis=-1))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model.get_layer("preprocess")(films)), expected, rtol=1e-6)
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(reloaded.predict_on_batch(films), model.predict_on_batch(films), rtol=1e-5)
 
 
 def test_frozen_backbone_trains_the_head_only():
