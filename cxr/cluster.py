@@ -111,7 +111,7 @@ def _kubernetes():
 
     try:
         config.load_kube_config()
-    except Exception:  # noqa: BLE001 - any failure here means the same to the user
+    except Exception:  # any failure here means the same to the user
         raise UserError("no usable kubeconfig: create the cluster first (`make cluster`) or point "
                         "KUBECONFIG at one") from None
     return client
