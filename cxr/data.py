@@ -26,10 +26,10 @@ _FEATURES = {
 
 
 def shard_files(data_dir: Path, split: str) -> list[str]:
-    files = sorted(str(p) for p in Path(data_dir).glob(f"{split}-*-of-*.tfrecord"))
-    if not files:
+    shards = sorted(str(p) for p in Path(data_dir).glob(f"{split}-*-of-*.tfrecord"))
+    if not shards:
         raise UserError(f"no {split}-*.tfrecord in {data_dir} (run `cxr preprocess` first)")
-    return files
+    return shards
 
 
 def split_counts(data_dir: Path) -> dict[str, dict[str, int]]:

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,23 @@ class ResumableTraining(keras.callbacks.Callback):
               f"{self.train_images / seconds:,.0f} img/s"
               + (f" | early stop, best epoch {state['best_epoch']}" if state["stopped_epoch"] else ""),
               flush=True)
+
+
+def pipeline_checkpoint(root: str, run_id: str, backbone: str) -> Path:
+    """Where a pipeline's train task keeps its checkpoint: per run and backbone under `root` (a volume that
+    outlives the pod, so a retried task finds it), or in a fresh temporary folder when `root` is empty, which
+    keeps checkpoints out of the uploaded model artifact."""
+    base = Path(root) if root else Path(tempfile.mkdtemp(prefix="checkpoint-"))
+    return base / run_id / get_backbone(backbone).name.lower()
+
+
+def headline_metrics(metrics: dict) -> dict[str, float]:
+    """The training scalars a dashboard shows (the KFP UI's metrics table): best-epoch loss and accuracy,
+    epochs, learning time, throughput."""
+    scalars = {name: round(value, 4) for name, value in metrics["best"].items()}
+    for name in ("epochs_run", "best_epoch", "learning_time_seconds", "images_per_second"):
+        scalars[name] = round(float(metrics[name]), 2)
+    return scalars
 
 
 def device_name() -> str:

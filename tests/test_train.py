@@ -91,3 +91,21 @@ def test_bad_settings_fail_with_one_line_naming_them(processed_dataset, tmp_path
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and (flag in error or value in error)
     assert not (tmp_path / "run").exists()
+
+
+def test_pipeline_checkpoints_are_per_run_and_backbone_or_temporary(tmp_path):
+    from cxr.train import pipeline_checkpoint
+
+    assert pipeline_checkpoint(str(tmp_path), "run-7", "resnet50") == tmp_path / "run-7" / "resnet50"
+    temporary = pipeline_checkpoint("", "run-7", "VGG16")
+    assert temporary.parts[-2:] == ("run-7", "vgg16") and not temporary.is_relative_to(tmp_path)
+
+
+def test_headline_training_metrics_are_the_best_epoch_and_the_costs():
+    from cxr.train import headline_metrics
+
+    metrics = {"best": {"loss": 0.123456, "accuracy": 0.9, "val_loss": 0.2, "val_accuracy": 0.85},
+               "epochs_run": 7, "best_epoch": 4, "learning_time_seconds": 61.234, "images_per_second": 812.66}
+    assert headline_metrics(metrics) == {"loss": 0.1235, "accuracy": 0.9, "val_loss": 0.2, "val_accuracy": 0.85,
+                                         "epochs_run": 7.0, "best_epoch": 4.0, "learning_time_seconds": 61.23,
+                                         "images_per_second": 812.66}
