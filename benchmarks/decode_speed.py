@@ -2,7 +2,7 @@
 
     python benchmarks/decode_speed.py [--films 40] [--height 2000] [--size 299]
 
-Films are synthetic (cxr.synth) at the real archive's resolution; both paths produce the same 8-bit PNG size.
+Films are synthetic (cxr.data.synth) at the real archive's resolution; both paths produce the same 8-bit PNG size.
 """
 
 import argparse
@@ -12,8 +12,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from cxr.images import decode_resized, to_grayscale
-from cxr.synth import draw_film, encode_film
+from cxr.data.images import decode_resized, to_grayscale
+from cxr.data.synth import draw_film, encode_film
 
 
 def full_decode(data: bytes, size: int) -> bytes:

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from cxr.backbones import get_backbone
-from cxr.data import read_split
-from cxr.ingest import ingest
-from cxr.preprocess import Settings, preprocess
-from cxr.synth import synthesize
+from cxr.data.ingest import ingest
+from cxr.data.preprocess import Settings, preprocess
+from cxr.data.reader import read_split
+from cxr.data.synth import synthesize
+from cxr.training.backbones import get_backbone
 
 
 def raw_jpeg_pipeline(raw: Path, size: int, preprocess_input, batch_size: int) -> tf.data.Dataset:

@@ -14,7 +14,7 @@ def aggregate_results(results: Input[List[Artifact]], report: Output[HTML], lead
     from pathlib import Path
 
     from cxr import files
-    from cxr.report import write_report
+    from cxr.results.report import write_report
 
     written = write_report(sorted(Path(r.path) for r in results), Path(plots.path))
     shutil.copyfile(written[files.REPORT_HTML], report.path)

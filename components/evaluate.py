@@ -9,7 +9,7 @@ def evaluate_backbone(processed: Input[Dataset], model: Input[Model], batch_size
                       metrics: Output[Metrics], classification: Output[ClassificationMetrics]):
     """Evaluate on the test split; the KFP UI draws the confusion matrix and the ROC curve."""
     from cxr import settings
-    from cxr.evaluate import evaluate, headline_metrics, roc_points
+    from cxr.results.evaluate import evaluate, headline_metrics, roc_points
 
     evaluation = evaluate(processed.path, model.path, result.path, batch_size=batch_size)
     result.metadata["backbone"] = evaluation["backbone"]

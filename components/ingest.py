@@ -10,7 +10,7 @@ def ingest_dataset(source: str, cache: str, raw: Output[Dataset]):
 
     Kaggle credentials arrive as environment variables from an optional Kubernetes Secret, never as parameters.
     """
-    from cxr.ingest import ingest
+    from cxr.data.ingest import ingest
 
     report = ingest(source, raw.path, cache=cache or None)
     raw.metadata.update({

@@ -8,7 +8,7 @@ from cxr import settings
 def preprocess_dataset(raw: Input[Dataset], image_size: int, val_fraction: float, split: str, seed: int,
                        processed: Output[Dataset]):
     """Split by patient and write sharded TFRecords, manifest.csv and stats.json."""
-    from cxr.preprocess import Settings, preprocess
+    from cxr.data.preprocess import Settings, preprocess
 
     stats = preprocess(raw.path, processed.path, Settings(image_size, val_fraction, split, seed))
     processed.metadata.update({

@@ -9,7 +9,7 @@ def train_backbone(processed: Input[Dataset], backbone: str, epochs: int, batch_
                    dense_units: int, dropout: float, image_size: int, weights: str, patience: int, seed: int,
                    checkpoint_root: str, run_id: str, model: Output[Model], train_metrics: Output[Metrics]):
     """Train one backbone; with `checkpoint_root` on a volume, a retried task resumes from its last epoch."""
-    from cxr.train import TrainSettings, headline_metrics, pipeline_checkpoint, train
+    from cxr.training.train import TrainSettings, headline_metrics, pipeline_checkpoint, train
 
     options = TrainSettings(backbone=backbone, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                             dense_units=dense_units, dropout=dropout, image_size=image_size, weights=weights,

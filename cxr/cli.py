@@ -21,7 +21,7 @@ from cxr.errors import UserError
 
 
 def _synth(args: argparse.Namespace) -> None:
-    from cxr.synth import synthesize
+    from cxr.data.synth import synthesize
 
     counts = synthesize(args.out, per_class=args.per_class, seed=args.seed, min_size=args.min_size,
                         max_size=args.max_size)
@@ -29,7 +29,7 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> None:
-    from cxr.ingest import ingest
+    from cxr.data.ingest import ingest
 
     report = ingest(args.source, args.out, cache=args.cache)
     print(f"ingested into {args.out}: {json.dumps(report.counts)}; dropped {len(report.duplicates)} duplicate(s), "
@@ -37,7 +37,7 @@ def _ingest(args: argparse.Namespace) -> None:
 
 
 def _preprocess(args: argparse.Namespace) -> None:
-    from cxr.preprocess import Settings, preprocess
+    from cxr.data.preprocess import Settings, preprocess
 
     stats = preprocess(args.raw, args.out, Settings(args.image_size, args.val_fraction, args.split, args.seed))
     print(f"wrote {args.out}: {json.dumps(stats['counts'])}; skipped {len(stats['skipped'])} file(s); "
@@ -45,7 +45,7 @@ def _preprocess(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from cxr.train import TrainSettings, train
+    from cxr.training.train import TrainSettings, train
 
     options = TrainSettings(
         backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
@@ -58,7 +58,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from cxr.evaluate import evaluate
+    from cxr.results.evaluate import evaluate
 
     metrics = evaluate(args.data, args.model, args.out, batch_size=args.batch_size)
     at_default = metrics["at_default_threshold"]
@@ -69,7 +69,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from cxr.report import write_report
+    from cxr.results.report import write_report
 
     written = write_report(args.results, args.out)
     print(f"wrote {len(written)} files; open {written['report.html']}")

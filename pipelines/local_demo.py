@@ -15,7 +15,7 @@ import pandas as pd
 from kfp import local
 
 from cxr import settings
-from cxr.synth import synthesize
+from cxr.data.synth import synthesize
 from pipelines.chest_xray_benchmark import chest_xray_benchmark
 
 # CPU-sized settings, measured on a 2-core machine (README, "make demo"): small films, from-scratch weights

@@ -13,9 +13,9 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from cxr.ingest import ingest  # noqa: E402
-from cxr.preprocess import Settings, preprocess  # noqa: E402
-from cxr.synth import synthesize  # noqa: E402
+from cxr.data.ingest import ingest  # noqa: E402
+from cxr.data.preprocess import Settings, preprocess  # noqa: E402
+from cxr.data.synth import synthesize  # noqa: E402
 
 # Small enough to keep `make test` in minutes on 2 cores, large enough for a patient split with both classes.
 TINY_PER_CLASS = 24
@@ -81,7 +81,7 @@ def gcs_emulator():
 @pytest.fixture
 def bucket(gcs_emulator, request):
     """A fresh bucket on the emulator, named after the test."""
-    from cxr import gcs
+    from cxr.data import gcs
 
     name = "b-" + request.node.name.lower().replace("_", "-")[:50]
     return gcs.client().create_bucket(name)
@@ -90,8 +90,8 @@ def bucket(gcs_emulator, request):
 @pytest.fixture(scope="session")
 def evaluated_results(processed_dataset, tmp_path_factory) -> dict[str, Path]:
     """Two backbones trained for one epoch at 32 px and evaluated: backbone name -> result folder."""
-    from cxr.evaluate import evaluate
-    from cxr.train import TrainSettings, train
+    from cxr.results.evaluate import evaluate
+    from cxr.training.train import TrainSettings, train
 
     root = tmp_path_factory.mktemp("results")
     results = {}

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from cxr.data import read_split
+from cxr.data.reader import read_split
 
 
 def test_reader_yields_uint8_films_of_the_requested_size(processed_dataset):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.images import UnreadableImage, decode_resized
+from cxr.data.images import UnreadableImage, decode_resized
 
 
 def _encoded(image: Image.Image, format: str, **options) -> bytes:

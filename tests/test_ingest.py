@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cxr import gcs
 from cxr.cli import main
-from cxr.ingest import ingest
+from cxr.data import gcs
+from cxr.data.ingest import ingest
 
 
 def _archive_like_tree(root: Path) -> Path:

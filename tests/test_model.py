@@ -2,9 +2,9 @@ import keras
 import numpy as np
 import pytest
 
-from cxr.backbones import BACKBONES, get_backbone, input_size
 from cxr.errors import UserError
-from cxr.model import build_model
+from cxr.training.backbones import BACKBONES, get_backbone, input_size
+from cxr.training.model import build_model
 
 
 def test_names_match_in_any_case_and_unknown_ones_list_the_valid():

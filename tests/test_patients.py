@@ -1,6 +1,6 @@
 import pytest
 
-from cxr.patients import identify
+from cxr.data.patients import identify
 
 
 @pytest.mark.parametrize(("name", "patient", "subtype"), [

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from cxr.cli import main
+from cxr.data.preprocess import Settings, preprocess
 from cxr.errors import UserError
-from cxr.preprocess import Settings, preprocess
 from tests.conftest import TINY_IMAGE_SIZE
 
 

@@ -6,7 +6,7 @@ from PIL import Image
 
 from cxr.cli import main
 from cxr.errors import UserError
-from cxr.report import write_report
+from cxr.results.report import write_report
 
 EXPECTED_FILES = {"MobileNet_loss_acc_graph.png", "VGG16_loss_acc_graph.png", "compared_model_graph.png",
                   "roc_curves.png", "confusion_matrices.png", "leaderboard.csv", "leaderboard.md", "report.html"}

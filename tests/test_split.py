@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
 
+from cxr.data.split import patient_split, patients_in_several_splits
 from cxr.errors import UserError
-from cxr.split import patient_split, patients_in_several_splits
 
 
 def _images(normal_patients=30, pneumonia_patients=60):

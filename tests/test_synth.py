@@ -4,9 +4,9 @@ from collections import Counter
 import pytest
 from PIL import Image
 
+from cxr.data.patients import identify
+from cxr.data.synth import synthesize
 from cxr.errors import UserError
-from cxr.patients import identify
-from cxr.synth import synthesize
 
 
 def _digest(root) -> str:

@@ -5,7 +5,7 @@ import pytest
 
 from cxr.cli import main
 from cxr.errors import UserError
-from cxr.train import TrainSettings, class_weights, format_duration, train
+from cxr.training.train import TrainSettings, class_weights, format_duration, train
 
 TINY = dict(backbone="mobilenet", image_size=32, weights="none", batch_size=16, learning_rate=1e-3, patience=3)
 
@@ -37,7 +37,7 @@ def test_training_writes_model_history_and_metrics(processed_dataset, tmp_path):
 
 
 def test_an_interrupted_training_resumes_from_its_last_epoch(processed_dataset, tmp_path, monkeypatch):
-    import cxr.train as training
+    import cxr.training.train as training
 
     class Preempted(Exception):
         pass
@@ -94,7 +94,7 @@ def test_bad_settings_fail_with_one_line_naming_them(processed_dataset, tmp_path
 
 
 def test_pipeline_checkpoints_are_per_run_and_backbone_or_temporary(tmp_path):
-    from cxr.train import pipeline_checkpoint
+    from cxr.training.train import pipeline_checkpoint
 
     assert pipeline_checkpoint(str(tmp_path), "run-7", "resnet50") == tmp_path / "run-7" / "resnet50"
     temporary = pipeline_checkpoint("", "run-7", "VGG16")
@@ -102,7 +102,7 @@ def test_pipeline_checkpoints_are_per_run_and_backbone_or_temporary(tmp_path):
 
 
 def test_headline_training_metrics_are_the_best_epoch_and_the_costs():
-    from cxr.train import headline_metrics
+    from cxr.training.train import headline_metrics
 
     metrics = {"best": {"loss": 0.123456, "accuracy": 0.9, "val_loss": 0.2, "val_accuracy": 0.85},
                "epochs_run": 7, "best_epoch": 4, "learning_time_seconds": 61.234, "images_per_second": 812.66}

@@ -168,7 +168,7 @@ def summarize(test: pd.DataFrame, val: pd.DataFrame, samples: int = settings.BOO
 
 def predict(model, data_dir: Path, split: str, image_size: int, batch_size: int) -> pd.DataFrame:
     """One row per image of the split: patient_id, source, label, probability."""
-    from cxr.data import read_split
+    from cxr.data.reader import read_split
 
     rows = []
     for batch in read_split(data_dir, split, image_size, batch_size, with_metadata=True):
@@ -189,8 +189,8 @@ def evaluate(data_dir: Path, model_dir: Path, out: Path, batch_size: int = setti
     result for `cxr report`."""
     import keras
 
-    from cxr.backbones import get_backbone
-    from cxr.model import build_model
+    from cxr.training.backbones import get_backbone
+    from cxr.training.model import build_model
 
     model_dir, out = Path(model_dir), Path(out)
     for name in (files.MODEL, files.TRAIN_METRICS, files.HISTORY):

@@ -2,7 +2,7 @@
 batched, cached and prefetched, as uint8 grayscale films.
 
 Decoding PNGs and resizing happen once: the films are cached in memory after the first epoch (a 299-px train
-split is about 0.5 GB). The backbone's own preprocessing is the model's first layer (cxr.backbones), on the
+split is about 0.5 GB). The backbone's own preprocessing is the model's first layer (cxr.training.backbones), on the
 accelerator, so each epoch after the first costs the host a shuffle and a batch.
 """
 

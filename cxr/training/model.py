@@ -7,8 +7,8 @@ from pathlib import Path
 import keras
 
 from cxr import settings
-from cxr.backbones import Backbone, BackbonePreprocessing
 from cxr.errors import UserError
+from cxr.training.backbones import Backbone, BackbonePreprocessing
 
 
 def _backbone_weights(weights: str) -> tuple[str | None, Path | None]:

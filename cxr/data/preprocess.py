@@ -17,11 +17,11 @@ from pathlib import Path
 import pandas as pd
 
 from cxr import files, settings
+from cxr.data.images import UnreadableImage, decode_resized
+from cxr.data.patients import identify
+from cxr.data.progress import Progress
+from cxr.data.split import patient_split, patients_in_several_splits
 from cxr.errors import UserError
-from cxr.images import UnreadableImage, decode_resized
-from cxr.patients import identify
-from cxr.progress import Progress
-from cxr.split import patient_split, patients_in_several_splits
 
 
 @dataclass(frozen=True)

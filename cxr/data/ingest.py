@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from cxr import files, gcs, settings
+from cxr import files, settings
+from cxr.data import gcs
+from cxr.data.progress import Progress
 from cxr.errors import UserError
-from cxr.progress import Progress
 
 MARKER = files.INGEST_MARKER
 

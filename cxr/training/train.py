@@ -21,10 +21,10 @@ import pandas as pd
 import tensorflow as tf
 
 from cxr import files, settings
-from cxr.backbones import get_backbone, input_size
-from cxr.data import read_split, split_counts
+from cxr.data.reader import read_split, split_counts
 from cxr.errors import UserError
-from cxr.model import build_model
+from cxr.training.backbones import get_backbone, input_size
+from cxr.training.model import build_model
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
 

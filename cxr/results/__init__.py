@@ -1,0 +1,1 @@
+"""The results stage: medical metrics per backbone (evaluate) and the comparison across backbones (report)."""
