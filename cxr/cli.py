@@ -7,6 +7,7 @@
     cxr evaluate --data DIR --model DIR --out DIR
     cxr report RESULT_DIR... --out DIR
     cxr submit / upload / cluster-ready / kaggle-secret   the cluster path (make run, make upload, make deploy)
+    cxr gpus                               the GPUs this process sees
 """
 
 from __future__ import annotations
@@ -103,6 +104,16 @@ def _kaggle_secret(args: argparse.Namespace) -> None:
     create_kaggle_secret(args.namespace)
 
 
+def _gpus(args: argparse.Namespace) -> None:
+    from cxr.devices import backend, visible_gpus
+
+    gpus = visible_gpus()
+    if not gpus:
+        raise UserError(f"no GPU visible to {backend()}")
+    for index, name in enumerate(gpus):
+        print(f"GPU {index}: {name}")
+
+
 def _switch(value: str) -> bool | None:
     choices = {"auto": None, "on": True, "off": False}
     if value not in choices:
@@ -191,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("kaggle-secret", _kaggle_secret,
                   "create the optional Kaggle secret from KAGGLE_USERNAME and KAGGLE_KEY in the environment")
     sub.add_argument("--namespace", default="kubeflow")
+
+    command("gpus", _gpus, "list the GPUs training would use; exit 2 when there is none (cluster-ready runs it)")
     return parser
 
 
