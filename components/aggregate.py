@@ -8,15 +8,19 @@ from cxr import settings
 
 @dsl.component(base_image=settings.COMPONENT_IMAGE, install_kfp_package=False)
 def aggregate_results(results: Input[List[Artifact]], report: Output[HTML], leaderboard: Output[Markdown],
-                      plots: Output[Artifact]):
-    """Compare every evaluated backbone: report.html (rendered by the KFP UI), the leaderboard, the graphs."""
+                      plots: Output[Artifact]) -> str:
+    """Compare every evaluated backbone: report.html (rendered by the KFP UI), the leaderboard, the graphs.
+    Returns '' when every training finished, else the line naming the missing ones (the verdict step fails on it)."""
     import shutil
     from pathlib import Path
 
     from cxr import files
+    from cxr.failures import verdict
     from cxr.results.report import write_report
 
-    written = write_report(sorted(Path(r.path) for r in results), Path(plots.path))
+    folders = sorted(Path(r.path) for r in results)
+    written, failures = write_report(folders, Path(plots.path))
     shutil.copyfile(written[files.REPORT_HTML], report.path)
     shutil.copyfile(written[files.LEADERBOARD_MD], leaderboard.path)
-    plots.metadata["files"] = sorted(written)
+    plots.metadata.update({"files": sorted(written), "missing": [f.line() for f in failures]})
+    return verdict(failures, len(folders))

@@ -7,11 +7,17 @@ from cxr import settings
 @dsl.component(base_image=settings.COMPONENT_IMAGE, install_kfp_package=False)
 def evaluate_backbone(processed: Input[Dataset], model: Input[Model], batch_size: int, result: Output[Artifact],
                       metrics: Output[Metrics], classification: Output[ClassificationMetrics]):
-    """Evaluate on the test split; the KFP UI draws the confusion matrix and the ROC curve."""
+    """Evaluate on the test split; the KFP UI draws the confusion matrix and the ROC curve. A failed training (or
+    evaluation) is passed on as the result's failure.json, for the report."""
     from cxr import settings
-    from cxr.results.evaluate import evaluate, headline_metrics, roc_points
+    from cxr.failures import Failure
+    from cxr.results.evaluate import evaluate_or_record_failure, headline_metrics, roc_points
 
-    evaluation = evaluate(processed.path, model.path, result.path, batch_size=batch_size)
+    evaluation = evaluate_or_record_failure(processed.path, model.path, result.path, batch_size=batch_size)
+    if isinstance(evaluation, Failure):
+        result.metadata.update({"backbone": evaluation.backbone, "seed": evaluation.seed,
+                                "failure": evaluation.reason})
+        return
     result.metadata["backbone"] = evaluation["backbone"]
     for name, value in headline_metrics(evaluation).items():
         metrics.log_metric(name, value)

@@ -7,16 +7,26 @@ from cxr import settings
 @dsl.component(base_image=settings.COMPONENT_IMAGE, install_kfp_package=False)
 def train_backbone(processed: Input[Dataset], backbone: str, epochs: int, batch_size: int, learning_rate: float,
                    dense_units: int, dropout: float, image_size: int, weights: str, patience: int, seed: int,
-                   checkpoint_root: str, run_id: str, model: Output[Model], train_metrics: Output[Metrics]):
-    """Train one backbone; with `checkpoint_root` on a volume, a retried task resumes from its last epoch."""
-    from cxr.training.train import TrainSettings, headline_metrics, pipeline_checkpoint, train
+                   device: str, checkpoint_root: str, run_id: str, model: Output[Model],
+                   train_metrics: Output[Metrics]):
+    """Train one backbone in a watched child process: a crash resumes from the last epoch (with `checkpoint_root`
+    on a volume, a retried pod too); a training that fails for good leaves failure.json for the report."""
+    from cxr import settings
+    from cxr.failures import Failure, write_failure
+    from cxr.training.supervise import train_supervised
+    from cxr.training.train import TrainSettings, headline_metrics, pipeline_checkpoint
 
     options = TrainSettings(backbone=backbone, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                             dense_units=dense_units, dropout=dropout, image_size=image_size, weights=weights,
                             patience=patience, seed=seed)
-    metrics = train(processed.path, model.path, options,
-                    checkpoint=pipeline_checkpoint(checkpoint_root, run_id, backbone))
-    model.metadata.update({"backbone": metrics["backbone"], "image_size": metrics["image_size"],
-                           "framework": "keras", "device": metrics["device"]})
+    outcome = train_supervised(processed.path, model.path, options, device=device, attempts=settings.TRAIN_ATTEMPTS,
+                               checkpoint=pipeline_checkpoint(checkpoint_root, run_id, backbone, seed))
+    model.metadata.update({"backbone": backbone, "seed": seed})
+    if outcome.failure:
+        write_failure(model.path, Failure(backbone, seed, "train", outcome.failure))
+        model.metadata["failure"] = outcome.failure
+        return
+    metrics = outcome.metrics
+    model.metadata.update({"image_size": metrics["image_size"], "framework": "keras", "device": metrics["device"]})
     for name, value in headline_metrics(metrics).items():
         train_metrics.log_metric(name, value)

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from cxr import settings
+from cxr.devices import DEVICES
 from cxr.errors import UserError
 
 
@@ -53,7 +54,7 @@ def _train(args: argparse.Namespace) -> None:
         dense_units=args.dense_units, dropout=args.dropout, image_size=args.image_size, weights=args.weights,
         freeze_backbone=args.freeze_backbone, patience=args.patience, seed=args.seed,
         mixed_precision=args.mixed_precision, xla=args.xla)
-    metrics = train(args.data, args.out, options, checkpoint=args.checkpoint)
+    metrics = train(args.data, args.out, options, checkpoint=args.checkpoint, device=args.device)
     print(f"trained {metrics['backbone']} in {metrics['learning_time']} ({metrics['epochs_run']} epochs, "
           f"best {metrics['best_epoch']}, val_acc {metrics['best']['val_accuracy']:.4f}) -> {args.out}")
 
@@ -72,7 +73,9 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from cxr.results.report import write_report
 
-    written = write_report(args.results, args.out)
+    written, failures = write_report(args.results, args.out)
+    for failure in failures:
+        print(f"report: missing {failure.line()}", file=sys.stderr)
     print(f"wrote {len(written)} files; open {written['report.html']}")
 
 
@@ -170,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="mixed_float16 (auto: on with a GPU)")
     sub.add_argument("--xla", type=_switch, default=None, metavar="{auto,on,off}", help="XLA (auto: on with a GPU)")
     sub.add_argument("--checkpoint", type=Path, help="checkpoint folder (default OUT/checkpoint)")
+    sub.add_argument("--device", choices=DEVICES, default="auto",
+                     help="auto: a GPU when one is visible; gpu: exit 2 at once without one; cpu: ignore GPUs")
 
     sub = command("evaluate", _evaluate, "evaluate a trained backbone on the test split")
     sub.add_argument("--data", required=True, type=Path)

@@ -10,6 +10,8 @@ MODEL = "model.keras"
 HISTORY = "history.csv"
 TRAIN_METRICS = "train_metrics.json"
 CHECKPOINT_DIR = "checkpoint"
+# train or evaluate, for a backbone that failed for good (cxr.failures)
+FAILURE = "failure.json"
 # evaluate
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"

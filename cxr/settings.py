@@ -28,7 +28,8 @@ SPLIT_MODE = "patient"
 SPLIT_MODES = ("patient", "official")
 # Images per TFRecord shard: about 30-60 MB at 299 px, the size tf.data reads efficiently from GCS.
 SHARD_SIZE = 512
-SEED = 42
+SEED = 42  # the split's and the default training seed
+SEEDS = [42]  # training seeds of the pipeline: one training per backbone and seed (the demo keeps one)
 
 # --- The model and its training (the seed, ../shared/seed/README.md section 4) --------------------------
 
@@ -45,11 +46,18 @@ PATIENCE = 5
 # 299 px in 16 GB of GPU memory with mixed precision.
 BATCH_SIZE = 32
 IMAGE_SIZE = 0  # 0 = each backbone's native input size (224 or 299, GUIDE section 5)
+# Upper bounds checked before any work, so a typo cannot eat the machine's memory: 1024 px is 3.4x the largest
+# native input (a 1024-px VGG16 batch of 32 already needs about 60 GB of activations), and 1024 films a batch is
+# 32x Keras' default.
+MAX_IMAGE_SIZE = 1024
+MAX_BATCH_SIZE = 1024
 FREEZE_BACKBONE = False  # the seed fine-tuned the whole network
 # BatchNormalization momentum when training from scratch (weights "none", the CPU demo and tests). Measured on
 # synthetic data: MobileNet's validation accuracy stayed at the majority class for 6 epochs with Keras' 0.99,
 # and reached 0.91 by epoch 5 with 0.9. ImageNet-initialised backbones keep Keras' default.
 FROM_SCRATCH_BN_MOMENTUM = 0.9
+
+DEVICE = "gpu"  # the pipeline's train tasks: a task that asked for a GPU and got none stops at once
 
 # --- Evaluation --------------------------------------------------------------------------------------------
 
@@ -71,7 +79,11 @@ GPU_TOLERATION_KEY = "nvidia.com/gpu"
 # take about 0.5 GB, the rest is TensorFlow itself.
 TRAIN_CPU = "4"
 TRAIN_MEMORY = "16G"
-TRAIN_RETRIES = 3  # a preempted GPU node resumes from the last epoch's checkpoint
+TRAIN_RETRIES = 3  # pod retries: a preempted GPU node resumes from the last epoch's checkpoint
+# Starts of the training process per backbone and seed, pod retries included (counted on the checkpoint volume):
+# fewer than the TRAIN_RETRIES + 1 pods, so the last pod records the failure and the comparison goes on without
+# that backbone. Read when the task runs; CXR_TRAIN_ATTEMPTS overrides it (the tests set 1).
+TRAIN_ATTEMPTS = int(os.environ.get("CXR_TRAIN_ATTEMPTS", "3"))
 # A PersistentVolumeClaim mounted on the train tasks for their checkpoints (k8s/base/checkpoints-pvc.yaml), so
 # that a retry on another pod resumes; "" leaves checkpoints in the pod, lost with it.
 CHECKPOINT_PVC = os.environ.get("CXR_CHECKPOINT_PVC", "cxr-checkpoints")

@@ -1,4 +1,4 @@
-"""The pipeline: ingest -> preprocess -> for each backbone in parallel (train -> evaluate) -> aggregate.
+"""The pipeline: ingest -> preprocess -> for each backbone in parallel (train -> evaluate) -> aggregate -> verdict.
 
     python -m pipelines.chest_xray_benchmark [--output pipelines/chest_xray_benchmark.yaml]
 
@@ -14,7 +14,15 @@ from typing import List
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Artifact
 
-from components import aggregate_results, evaluate_backbone, ingest_dataset, preprocess_dataset, train_backbone
+from components import (
+    aggregate_results,
+    evaluate_backbone,
+    ingest_dataset,
+    plan_trainings,
+    preprocess_dataset,
+    train_backbone,
+    verdict,
+)
 from cxr import settings
 
 YAML = Path(__file__).with_suffix(".yaml")
@@ -40,6 +48,7 @@ def chest_xray_benchmark(
     source: str = "kaggle",
     cache: str = "",
     backbones: List[str] = list(settings.BACKBONES),
+    seeds: List[int] = list(settings.SEEDS),
     epochs: int = settings.EPOCHS,
     batch_size: int = settings.BATCH_SIZE,
     learning_rate: float = settings.LEARNING_RATE,
@@ -52,9 +61,12 @@ def chest_xray_benchmark(
     val_fraction: float = settings.VAL_FRACTION,
     split: str = settings.SPLIT_MODE,
     seed: int = settings.SEED,
+    device: str = settings.DEVICE,
     checkpoint_root: str = CHECKPOINT_MOUNT if settings.CHECKPOINT_PVC else "",
 ) -> Artifact:
-    ingest = ingest_dataset(source=source, cache=cache).set_display_name("ingest")
+    # Names and seeds are checked before anything runs: a typo costs seconds, not an ingest.
+    plan = plan_trainings(backbones=backbones, seeds=seeds).set_display_name("plan")
+    ingest = ingest_dataset(source=source, cache=cache).set_display_name("ingest").after(plan)
     kubernetes.use_secret_as_env(ingest, secret_name=settings.KAGGLE_SECRET, optional=True,
                                  secret_key_to_env={"KAGGLE_USERNAME": "KAGGLE_USERNAME", "KAGGLE_KEY": "KAGGLE_KEY"})
 
@@ -63,11 +75,15 @@ def chest_xray_benchmark(
     for task in (ingest, preprocess):
         task.set_caching_options(True)
 
-    with dsl.ParallelFor(backbones, parallelism=settings.PARALLELISM, name="for-each-backbone") as backbone:
-        train = train_backbone(processed=preprocess.outputs["processed"], backbone=backbone, epochs=epochs,
+    # One training per backbone and seed. A training that fails for good records why instead of failing its
+    # task (cxr.training.supervise), so every branch yields a result and the fan-in always runs: a failed
+    # iteration would stop the aggregate on KFP 2.17 (its driver and Argo compiler have no partial fan-in).
+    with dsl.ParallelFor(plan.output, parallelism=settings.PARALLELISM, name="for-each-training") as run:
+        train = train_backbone(processed=preprocess.outputs["processed"], backbone=run.backbone, epochs=epochs,
                                batch_size=batch_size, learning_rate=learning_rate, dense_units=dense_units,
                                dropout=dropout, image_size=image_size, weights=weights, patience=patience,
-                               seed=seed, checkpoint_root=checkpoint_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+                               seed=run.seed, device=device, checkpoint_root=checkpoint_root,
+                               run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         on_gpu_node(train.set_display_name("train").set_retry(settings.TRAIN_RETRIES).set_caching_options(False))
         if settings.CHECKPOINT_PVC:
             kubernetes.mount_pvc(train, pvc_name=settings.CHECKPOINT_PVC, mount_path=CHECKPOINT_MOUNT)
@@ -77,6 +93,8 @@ def chest_xray_benchmark(
     # Fan-in at the root, into a task: a list of artifacts passed into a nested sub-pipeline keeps only one
     # (kubeflow/pipelines#13900). The component sorts what arrives; KFP does not guarantee the order.
     aggregate = aggregate_results(results=dsl.Collected(evaluate.outputs["result"])).set_display_name("aggregate")
+    # Last: the run ends failed when a training is missing, after the report of the others is written.
+    verdict(missing=aggregate.outputs["Output"]).set_display_name("verdict")
     return aggregate.outputs["plots"]  # the report folder: report.html, the graphs, the leaderboard
 
 

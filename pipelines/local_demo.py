@@ -31,6 +31,7 @@ DEMO = {
     "learning_rate": 1e-3,
     "weights": "none",
     "val_fraction": 0.15,
+    "device": "auto",  # a laptop's GPU when it has one; the cluster's default, gpu, would refuse a CPU
 }
 
 
@@ -56,7 +57,7 @@ def main() -> int:
         source=str(out / "synthetic"), backbones=args.backbones.split(","), epochs=args.epochs,
         batch_size=DEMO["batch_size"], learning_rate=DEMO["learning_rate"], image_size=args.image_size,
         weights=DEMO["weights"], processed_image_size=DEMO["processed_image_size"],
-        val_fraction=DEMO["val_fraction"], checkpoint_root=str(out / "checkpoints"))
+        val_fraction=DEMO["val_fraction"], device=DEMO["device"], checkpoint_root=str(out / "checkpoints"))
     report = Path(run.output.path)
     print(f"\ndemo: finished in {time.monotonic() - started:.0f} s\n")
     columns = ["backbone", "test_accuracy", "sensitivity", "specificity", "roc_auc", "learning_time", "epochs"]

@@ -1,4 +1,10 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -93,12 +99,12 @@ def test_bad_settings_fail_with_one_line_naming_them(processed_dataset, tmp_path
     assert not (tmp_path / "run").exists()
 
 
-def test_pipeline_checkpoints_are_per_run_and_backbone_or_temporary(tmp_path):
+def test_pipeline_checkpoints_are_per_run_backbone_and_seed_or_temporary(tmp_path):
     from cxr.training.train import pipeline_checkpoint
 
-    assert pipeline_checkpoint(str(tmp_path), "run-7", "resnet50") == tmp_path / "run-7" / "resnet50"
-    temporary = pipeline_checkpoint("", "run-7", "VGG16")
-    assert temporary.parts[-2:] == ("run-7", "vgg16") and not temporary.is_relative_to(tmp_path)
+    assert pipeline_checkpoint(str(tmp_path), "run-7", "resnet50", 3) == tmp_path / "run-7" / "resnet50-seed3"
+    temporary = pipeline_checkpoint("", "run-7", "VGG16", 42)
+    assert temporary.parts[-2:] == ("run-7", "vgg16-seed42") and not temporary.is_relative_to(tmp_path)
 
 
 def test_headline_training_metrics_are_the_best_epoch_and_the_costs():
@@ -109,3 +115,81 @@ def test_headline_training_metrics_are_the_best_epoch_and_the_costs():
     assert headline_metrics(metrics) == {"loss": 0.1235, "accuracy": 0.9, "val_loss": 0.2, "val_accuracy": 0.85,
                                          "epochs_run": 7.0, "best_epoch": 4.0, "learning_time_seconds": 61.23,
                                          "images_per_second": 812.66}
+
+
+CXR = str(Path(sys.executable).with_name("cxr"))
+
+
+def _cli_args(data, **overrides) -> list[str]:
+    options = {"--backbone": "mobilenet", "--image-size": "32", "--weights": "none", "--batch-size": "16",
+               "--lr": "1e-3", "--epochs": "5", "--patience": "5", "--device": "cpu", **overrides}
+    return ["train", "--data", str(data), *[str(v) for pair in options.items() for v in pair]]
+
+
+def test_a_killed_training_resumes_into_a_new_output_folder_as_a_retried_task_does(processed_dataset, tmp_path):
+    """kill -9 after the first finished epoch, then the same checkpoint with a fresh --out (a retried pod)."""
+    args = _cli_args(processed_dataset, **{"--checkpoint": tmp_path / "ckpt"})
+    first = subprocess.Popen([CXR, *args, "--out", str(tmp_path / "a")], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    state_file = tmp_path / "ckpt" / "state.json"
+    deadline = time.monotonic() + 300
+    while not state_file.is_file() and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    assert first.wait() == -signal.SIGKILL
+    state = json.loads(state_file.read_text())
+    assert 1 <= state["epochs_done"] < 5
+
+    second = subprocess.run([CXR, *args, "--out", str(tmp_path / "b")], capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"resuming MobileNet after epoch {state['epochs_done']}" in second.stderr
+    history = pd.read_csv(tmp_path / "b" / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3, 4, 5]
+    done = state["epochs_done"]
+    assert history["seconds"].iloc[:done].tolist() == [row["seconds"] for row in state["history"]]
+    assert (tmp_path / "b" / "model.keras").stat().st_size > 0
+    assert json.loads((tmp_path / "b" / "train_metrics.json").read_text())["epochs_run"] == 5
+
+
+def test_asking_for_a_gpu_without_one_stops_at_once_with_one_line(processed_dataset, tmp_path):
+    result = subprocess.run([CXR, *_cli_args(processed_dataset, **{"--device": "gpu"}), "--out",
+                             str(tmp_path / "run")], capture_output=True, text=True, env={**os.environ,
+                                                                                          "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 2
+    error = [line for line in result.stderr.splitlines() if line.startswith("cxr train")]
+    assert len(error) == 1 and "--device gpu: no GPU is visible" in error[0]
+    assert not (tmp_path / "run" / "model.keras").exists()
+
+
+def test_a_diverging_training_stops_with_one_line_and_no_model(processed_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_cli_args(processed_dataset, **{"--lr": "1e38", "--epochs": "2"}) + ["--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("cxr train: error: training MobileNet diverged") and "lower --lr" in error
+    assert not (out / "model.keras").exists()
+    assert main(["train", "--data", str(processed_dataset), "--backbone", "mobilenet", "--out", str(out),
+                 "--lr", "inf"]) == 2
+    assert "--lr must be a positive number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [("--image-size", "10000", "up to 1024"),
+                                                        ("--batch-size", "100000", "at most 1024")])
+def test_absurd_sizes_are_refused_before_any_work(processed_dataset, tmp_path, capsys, flag, value, message):
+    assert main(_cli_args(processed_dataset, **{flag: value}) + ["--out", str(tmp_path / "run")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_two_trainings_into_one_folder_are_refused_not_raced(processed_dataset, tmp_path):
+    args = [CXR, *_cli_args(processed_dataset, **{"--epochs": "30", "--patience": "30"}), "--out", str(tmp_path / "run")]
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "run" / ".cxr-output.json").is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = subprocess.run(args, capture_output=True, text=True)
+        assert second.returncode == 2 and "being written by another cxr process" in second.stderr
+        assert first.poll() is None  # the first one goes on, untouched
+    finally:
+        first.kill()
+        first.wait()

@@ -38,6 +38,27 @@ def parse_gcs_uri(uri: str) -> GcsPath:
     return GcsPath(bucket, prefix.strip("/"))
 
 
+def _cloud_errors() -> tuple[type[Exception], ...]:
+    from google.api_core.exceptions import GoogleAPIError
+    from google.auth.exceptions import GoogleAuthError
+
+    return GoogleAPIError, GoogleAuthError
+
+
+CLOUD_ERRORS = _cloud_errors()
+
+
+def one_line(error: Exception) -> UserError:
+    """A Google Cloud error (missing credentials, a refused or missing bucket) as the one line a user reads."""
+    from google.auth.exceptions import DefaultCredentialsError
+
+    if isinstance(error, DefaultCredentialsError):
+        return UserError("gs://: no Google Cloud credentials found; set GOOGLE_APPLICATION_CREDENTIALS, run "
+                         "`gcloud auth application-default login`, or use Workload Identity on GKE")
+    message = getattr(error, "message", None) or str(error)
+    return UserError(f"gs://: {type(error).__name__}: {message.splitlines()[0] if message else ''}")
+
+
 def client():
     """A storage client; against the emulator when STORAGE_EMULATOR_HOST is set."""
     from google.cloud import storage
@@ -59,11 +80,11 @@ def exists(path: GcsPath, name: str) -> bool:
     return client().bucket(path.bucket).blob(path.child(name)).exists()
 
 
-def upload_folder(folder: Path, path: GcsPath, last: str | None = None, progress=None) -> int:
-    """Upload every file under `folder` to the prefix; `last` (a relative path) goes up after all others,
-    so its presence marks a complete upload. Returns the number of files."""
+def upload_folder(files: list[Path], folder: Path, path: GcsPath, last: str | None = None, progress=None) -> int:
+    """Upload `files` (under `folder`) to the prefix, named relative to `folder`; `last` (a relative path) goes up
+    after all others, so its presence marks a complete upload. Returns the number of files."""
     bucket = client().bucket(path.bucket)
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    files = sorted(files)
     files.sort(key=lambda p: p.relative_to(folder).as_posix() == last)
     for file in files:
         bucket.blob(path.child(file.relative_to(folder).as_posix())).upload_from_filename(str(file))

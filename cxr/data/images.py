@@ -13,6 +13,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 
+# 8,000 x 8,000: ten times the largest real film (about 2,500 x 2,500, GUIDE section 2), a quarter of
+# PIL's own decompression-bomb limit; a 64-megapixel 8-bit film still decodes in about 64 MB.
+MAX_PIXELS = 64_000_000
+
+
 class UnreadableImage(Exception):
     """The file is empty, truncated, corrupt or not an image; the message is the reason."""
 
@@ -45,6 +50,10 @@ def decode_resized(data: bytes, size: int) -> bytes:
         raise UnreadableImage("empty file")
     try:
         with Image.open(io.BytesIO(data)) as image:
+            # Checked on the header, before any pixel is decoded: a decompression bomb never reaches memory.
+            if image.width * image.height > MAX_PIXELS:
+                raise UnreadableImage(f"too large to decode safely: {image.width} x {image.height} pixels "
+                                      f"(limit {MAX_PIXELS:,})")
             # JPEG can decode at 1/2, 1/4 or 1/8 scale straight from the DCT: about 5x faster on 2000 px films.
             image.draft("L" if image.mode in ("L", "RGB") else None, (size, size))
             image.load()
@@ -52,6 +61,8 @@ def decode_resized(data: bytes, size: int) -> bytes:
             resized = gray.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
     except UnidentifiedImageError:
         raise UnreadableImage("not an image") from None
+    except Image.DecompressionBombError as error:  # PIL's own guard, for formats whose size shows late
+        raise UnreadableImage(f"too large to decode safely: {error}") from None
     except (OSError, SyntaxError, ValueError) as error:
         # PIL reports truncated and corrupt files as OSError (or SyntaxError for broken headers).
         raise UnreadableImage(f"corrupt image: {error}") from None

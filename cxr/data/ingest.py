@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -20,6 +22,7 @@ from cxr import files, settings
 from cxr.data import gcs
 from cxr.data.progress import Progress
 from cxr.errors import UserError
+from cxr.outputs import OWN_FILES, claim, read_json
 
 MARKER = files.INGEST_MARKER
 
@@ -41,14 +44,28 @@ class IngestReport:
     name_conflicts: list[dict[str, str]] = field(default_factory=list)  # same name, different bytes
     macos_debris: int = 0
     outside_layout: list[str] = field(default_factory=list)
+    # Files left out and why: links out of the source tree (never followed), members that cannot be read.
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2)
 
 
-def folder_files(root: Path) -> list[SourceFile]:
-    return [SourceFile(p.relative_to(root).as_posix(), p.stat().st_size, p.read_bytes)
-            for p in sorted(root.rglob("*")) if p.is_file()]
+def folder_files(root: Path, skipped: list[dict[str, str]]) -> list[SourceFile]:
+    """Every file under `root`. A symbolic link is followed only when it stays inside `root`: one pointing out
+    of it (a file or a folder) is appended to `skipped` with the reason, so nothing outside the source is read."""
+    root = Path(root)
+    inside = root.resolve()
+    found = []
+    for folder, folders, names in os.walk(root):
+        for name in sorted(folders + names):
+            path = Path(folder) / name
+            relative = path.relative_to(root).as_posix()
+            if path.is_symlink() and not path.resolve().is_relative_to(inside):
+                skipped.append({"file": relative, "reason": "a link out of the source folder (not followed)"})
+            elif path.is_file():
+                found.append(SourceFile(relative, path.stat().st_size, path.read_bytes))
+    return sorted(found, key=lambda f: f.path)
 
 
 def zip_files(archive: zipfile.ZipFile) -> list[SourceFile]:
@@ -98,9 +115,11 @@ def _order(file: SourceFile) -> tuple[int, int, str]:
     return len(PurePosixPath(file.path).parts), split_rank, file.path
 
 
-def normalise(source_files: Iterable[SourceFile], out: Path, source: str) -> IngestReport:
-    """Copy the distinct images of `source_files` into out/{split}/{class}/ and describe what was left out."""
-    report = IngestReport(source=source)
+def normalise(source_files: Iterable[SourceFile], out: Path, source: str,
+              skipped: list[dict[str, str]] | None = None) -> IngestReport:
+    """Copy the distinct images of `source_files` into out/{split}/{class}/ and describe what was left out
+    (with `skipped`: what listing the source left out already)."""
+    report = IngestReport(source=source, skipped=list(skipped or []))
     wanted: list[SourceFile] = []
     for file in source_files:
         if file.path == MARKER:
@@ -119,7 +138,12 @@ def normalise(source_files: Iterable[SourceFile], out: Path, source: str) -> Ing
     kept_by_hash: dict[str, str] = {}
     kept_by_place: dict[tuple[str, str, str], str] = {}
     for file in wanted:
-        data = file.read()
+        try:
+            data = file.read()
+        except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as error:  # a bad CRC, a truncated member
+            report.skipped.append({"file": file.path, "reason": f"unreadable: {error}"})
+            print(f"ingest: skipped {file.path}: unreadable: {error}", file=sys.stderr)
+            continue
         progress.advance(file.size)
         place = layout_place(file.path)
         digest = hashlib.sha256(data).hexdigest()
@@ -139,26 +163,19 @@ def normalise(source_files: Iterable[SourceFile], out: Path, source: str) -> Ing
     return report
 
 
-def _prepare_output(out: Path) -> bool:
-    """True when `out` already holds a complete ingest; raises when it holds anything else."""
-    if (out / MARKER).is_file():
-        return True
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} is not empty and holds no {MARKER}; choose an empty or new --out folder")
-    out.mkdir(parents=True, exist_ok=True)
-    return False
-
-
-def _files_of(source: str, stack: list) -> list[SourceFile]:
+def _files_of(source: str, stack: list, skipped: list[dict[str, str]]) -> list[SourceFile]:
     if source == "kaggle":
-        return folder_files(download_kaggle())
+        return folder_files(download_kaggle(), skipped)
     if gcs.is_gcs_uri(source):
         return gcs_files(gcs.parse_gcs_uri(source))
     path = Path(source)
     if path.is_dir():
-        return folder_files(path)
+        return folder_files(path, skipped)
     if path.is_file() and zipfile.is_zipfile(path):
-        archive = zipfile.ZipFile(path)
+        try:
+            archive = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as error:
+            raise UserError(f"--source {source}: a damaged .zip archive ({error})") from None
         stack.append(archive)
         return zip_files(archive)
     if path.exists():
@@ -167,30 +184,45 @@ def _files_of(source: str, stack: list) -> list[SourceFile]:
 
 
 def ingest(source: str, out: Path, cache: str | None = None) -> IngestReport:
-    """Bring the dataset from `source` into `out`, through the gs:// `cache` when one is given."""
+    """Bring the dataset from `source` into `out`, through the gs:// `cache` when one is given. A rerun with the
+    same source on a finished `out` reuses it."""
     out = Path(out)
-    if _prepare_output(out):
-        print(f"ingest: {out} already holds a complete ingest; reusing it", file=sys.stderr)
-        return IngestReport(**json.loads((out / MARKER).read_text()))
+    with claim(out, "ingest", {"source": source, "cache": cache}) as output:
+        if output.finished and (out / MARKER).is_file():
+            print(f"ingest: {out} already holds a complete ingest; reusing it", file=sys.stderr)
+            return IngestReport(**read_json(out / MARKER))
+        try:
+            report = _ingest(source, out, cache)
+        except gcs.CLOUD_ERRORS as error:
+            raise gcs.one_line(error) from None
+        output.finish()
+    return report
+
+
+def _ingest(source: str, out: Path, cache: str | None) -> IngestReport:
     cache_path = gcs.parse_gcs_uri(cache) if cache else None
     from_cache = cache_path is not None and gcs.exists(cache_path, MARKER)
     if from_cache:
         print(f"ingest: reading the cached dataset at {cache_path}", file=sys.stderr)
     open_archives: list[zipfile.ZipFile] = []
+    skipped: list[dict[str, str]] = []
     try:
-        source_files = gcs_files(cache_path) if from_cache else _files_of(source, open_archives)
-        report = normalise(source_files, out, source=str(cache_path) if from_cache else source)
+        source_files = gcs_files(cache_path) if from_cache else _files_of(source, open_archives, skipped)
+        report = normalise(source_files, out, str(cache_path) if from_cache else source, skipped)
     except BaseException:
-        for child in out.iterdir():  # our own half-written output: `out` was empty when we started
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        for child in out.iterdir():  # our own half-written output; claim() refused a folder holding others'
+            if child.name not in OWN_FILES:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
         raise
     finally:
         for archive in open_archives:
             archive.close()
+    for item in skipped:
+        print(f"ingest: skipped {item['file']}: {item['reason']}", file=sys.stderr)
     (out / MARKER).write_text(report.to_json())
     if cache_path is not None and not from_cache:
-        total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-        count = sum(1 for p in out.rglob("*") if p.is_file())
+        uploads = [p for p in out.rglob("*") if p.is_file() and p.name not in OWN_FILES]
         print(f"ingest: uploading to the cache {cache_path}", file=sys.stderr)
-        gcs.upload_folder(out, cache_path, last=MARKER, progress=Progress("cache upload", count, total))
+        gcs.upload_folder(uploads, out, cache_path, last=MARKER,
+                          progress=Progress("cache upload", len(uploads), sum(p.stat().st_size for p in uploads)))
     return report

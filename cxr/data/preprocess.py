@@ -11,7 +11,7 @@ import math
 import multiprocessing
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +22,7 @@ from cxr.data.patients import identify
 from cxr.data.progress import Progress
 from cxr.data.split import patient_split, patients_in_several_splits
 from cxr.errors import UserError
+from cxr.outputs import claim, read_json
 
 
 @dataclass(frozen=True)
@@ -93,19 +94,30 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 
 def preprocess(raw: Path, out: Path, options: Settings = Settings(), workers: int | None = None) -> dict:
-    """Write out/{split}-NNNNN-of-NNNNN.tfrecord, out/manifest.csv and out/stats.json; return the stats."""
+    """Write out/{split}-NNNNN-of-NNNNN.tfrecord, out/manifest.csv and out/stats.json; return the stats.
+    A rerun with the same settings on a finished `out` reuses it."""
+    raw, out = Path(raw), Path(out)
+    if not 32 <= options.image_size <= settings.MAX_IMAGE_SIZE:
+        raise UserError(f"--image-size must be between 32 (the smallest backbone input) and "
+                        f"{settings.MAX_IMAGE_SIZE}, got {options.image_size}")
+    if not raw.is_dir():
+        raise UserError(f"--raw {raw}: no such folder (run `cxr ingest` first)")
+    with claim(out, "preprocess", asdict(options)) as output:
+        if output.finished and (out / files.STATS).is_file():
+            print(f"preprocess: {out} already holds this preprocessing; reusing it", file=sys.stderr)
+            return read_json(out / files.STATS)
+        stats = _preprocess(raw, out, options, workers)
+        output.finish()
+    return stats
+
+
+def _preprocess(raw: Path, out: Path, options: Settings, workers: int | None) -> dict:
     import tensorflow as tf
 
-    raw, out = Path(raw), Path(out)
-    if options.image_size < 32:
-        raise UserError(f"--image-size must be at least 32 (the smallest backbone input), got {options.image_size}")
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} is not empty; choose an empty or new --out folder")
     images = scan_raw(raw)
     if images.empty:
         raise UserError(f"no files in {raw}/{{{','.join(settings.SPLITS)}}}/{{{','.join(settings.CLASS_NAMES)}}}/")
     images["split"] = assign_splits(images, options)
-    out.mkdir(parents=True, exist_ok=True)
 
     jobs = [(str(raw / source), options.image_size) for source in images["source"]]
     workers = workers or os.cpu_count() or 1

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from cxr.errors import UserError
+from cxr.outputs import make_folder
 
 # Proportions of the real archive (GUIDE section 2): train 1,341 / 3,875, test 234 / 390, 61 % of patients
 # with several images, 242 of 390 test pneumonia bacterial.
@@ -26,6 +27,8 @@ MAX_IMAGES_PER_PATIENT = 4
 RGB_SHARE = 0.05  # "a few hundred are RGB" of 5,856
 BASE_RESOLUTION = 128  # drawn at this size, then scaled: cheap at any output size
 MIN_OUTPUT_SIZE = 32
+MAX_OUTPUT_SIZE = 4096  # above the real films' 2,500 px; larger would only fill the disk
+MAX_PER_CLASS = 20_000  # 15x the real archive's 1,341 NORMAL training films
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,8 @@ class SplitPlan:
 
 def plan_splits(per_class: int) -> list[SplitPlan]:
     """How many images of each class each split gets, for `per_class` NORMAL training images."""
-    if per_class < 4:
-        raise UserError(f"--per-class must be at least 4, got {per_class}")
+    if not 4 <= per_class <= MAX_PER_CLASS:
+        raise UserError(f"--per-class must be between 4 and {MAX_PER_CLASS}, got {per_class}")
     test_normal = max(2, round(per_class * TEST_NORMAL_PER_TRAIN_NORMAL))
     val_each = max(2, per_class // 20)
     return [
@@ -109,10 +112,11 @@ def synthesize(out: Path, per_class: int = 100, seed: int = 42, min_size: int = 
     Image heights are drawn uniformly from [min_size, max_size] (the real films are about 1000-2500 px).
     Refuses to write into an existing chest_xray folder: nothing a user owns is overwritten.
     """
-    if not MIN_OUTPUT_SIZE <= min_size <= max_size:
-        raise UserError(f"--min-size/--max-size must satisfy {MIN_OUTPUT_SIZE} <= min <= max, "
+    if not MIN_OUTPUT_SIZE <= min_size <= max_size <= MAX_OUTPUT_SIZE:
+        raise UserError(f"--min-size/--max-size must satisfy {MIN_OUTPUT_SIZE} <= min <= max <= {MAX_OUTPUT_SIZE}, "
                         f"got {min_size} and {max_size}")
     root = Path(out) / "chest_xray"
+    make_folder(Path(out), "OUT")
     if root.exists():
         raise UserError(f"{root} already exists; choose another OUT")
     rng = np.random.default_rng(seed)

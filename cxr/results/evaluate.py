@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,8 @@ import pandas as pd
 
 from cxr import files, settings
 from cxr.errors import UserError
+from cxr.failures import Failure, read_failure, write_failure
+from cxr.outputs import claim, read_json
 
 DEFAULT_THRESHOLD = 0.5
 _EPSILON = 1e-7  # Keras' clipping in binary cross-entropy, so our test loss matches model.evaluate's
@@ -186,19 +190,32 @@ def evaluate(data_dir: Path, model_dir: Path, out: Path, batch_size: int = setti
              samples: int = settings.BOOTSTRAP_SAMPLES) -> dict:
     """Evaluate model_dir's model.keras on the test split; write metrics.json, predictions.csv and roc.csv to
     `out`, with the training's history.csv and train_metrics.json beside them, so that `out` is one complete
-    result for `cxr report`."""
+    result for `cxr report`. A rerun on a finished `out` reuses it."""
+    model_dir, out = Path(model_dir), Path(out)
+    if not 1 <= batch_size <= settings.MAX_BATCH_SIZE:
+        raise UserError(f"--batch-size must be between 1 and {settings.MAX_BATCH_SIZE}, got {batch_size}")
+    for name in (files.MODEL, files.TRAIN_METRICS, files.HISTORY):
+        if not (model_dir / name).is_file():
+            raise UserError(f"missing {model_dir / name} (run `cxr train` first)")
+    trained = read_json(model_dir / files.TRAIN_METRICS)
+    with claim(out, "evaluate", {"model": str(model_dir.resolve())}) as output:
+        if output.finished and (out / files.METRICS).is_file():
+            print(f"evaluate: {out} already holds this evaluation; reusing it", file=sys.stderr)
+            return read_json(out / files.METRICS)
+        if "train" in output.others and out.resolve() != model_dir.resolve():
+            raise UserError(f"--out {out} holds another training; evaluate into its own folder or into the "
+                            "training's folder")
+        metrics = _evaluate(data_dir, model_dir, trained, out, batch_size, samples)
+        output.finish()
+    return metrics
+
+
+def _evaluate(data_dir: Path, model_dir: Path, trained: dict, out: Path, batch_size: int, samples: int) -> dict:
     import keras
 
     from cxr.training.backbones import get_backbone
     from cxr.training.model import build_model
 
-    model_dir, out = Path(model_dir), Path(out)
-    for name in (files.MODEL, files.TRAIN_METRICS, files.HISTORY):
-        if not (model_dir / name).is_file():
-            raise UserError(f"missing {model_dir / name} (run `cxr train` first)")
-    if (out / files.METRICS).exists():
-        raise UserError(f"{out / files.METRICS} exists already; choose another --out folder")
-    trained = json.loads((model_dir / files.TRAIN_METRICS).read_text())
     backbone = get_backbone(trained["backbone"])
     # Rebuilt in float32 and loaded with the trained weights: a model trained in mixed precision on a GPU
     # evaluates at full speed on a CPU, where float16 kernels are slow.
@@ -206,7 +223,11 @@ def evaluate(data_dir: Path, model_dir: Path, out: Path, batch_size: int = setti
     head = trained["settings"]
     model = build_model(backbone, trained["image_size"], dense_units=head["dense_units"], dropout=head["dropout"],
                         weights="none")
-    model.load_weights(model_dir / files.MODEL)
+    try:
+        model.load_weights(model_dir / files.MODEL)
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise UserError(f"{model_dir / files.MODEL} is damaged ({type(error).__name__}); train again into a "
+                        "new folder") from None
     read = dict(data_dir=data_dir, image_size=trained["image_size"], batch_size=batch_size)
     val, test = predict(model, split="val", **read), predict(model, split="test", **read)
     metrics = json_safe({"backbone": backbone.name, **summarize(test, val, samples)})
@@ -236,3 +257,23 @@ def roc_points(result_dir: Path, max_points: int = 200) -> dict[str, list[float]
     curve = pd.read_csv(Path(result_dir) / files.ROC)
     keep = np.unique(np.linspace(0, len(curve) - 1, min(max_points, len(curve))).round().astype(int))
     return {column: curve[column].iloc[keep].astype(float).tolist() for column in ("fpr", "tpr", "threshold")}
+
+
+def evaluate_or_record_failure(data_dir: Path, model_dir: Path, out: Path,
+                               batch_size: int = settings.BATCH_SIZE) -> dict | Failure:
+    """What a pipeline's evaluate step does: the metrics, or a Failure written into `out` (the training's
+    failure passed on, or this evaluation's own error), so that the comparison goes on without this backbone."""
+    failure = read_failure(model_dir)
+    if failure is None:
+        try:
+            return evaluate(data_dir, model_dir, out, batch_size=batch_size)
+        except Exception as error:  # any error here costs one backbone, not the whole comparison
+            try:
+                trained = read_json(Path(model_dir) / files.TRAIN_METRICS)
+            except UserError:
+                trained = {}
+            failure = Failure(trained.get("backbone", "unknown"), trained.get("settings", {}).get("seed", -1),
+                              "evaluate", f"{type(error).__name__}: {error}".splitlines()[0])
+    write_failure(out, failure)
+    return failure
+

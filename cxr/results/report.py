@@ -18,6 +18,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cxr import files, settings  # noqa: E402
 from cxr.errors import UserError  # noqa: E402
+from cxr.failures import Failure, read_failure  # noqa: E402
 
 # The seed's test accuracies (GUIDE section 1), from an image-level re-split that leaks patients.
 SEED_TEST_ACCURACY = {"MobileNet": 0.9769, "InceptionV3": 0.9556, "Xception": 0.9912, "ResNet50": 0.9960,
@@ -153,7 +154,7 @@ def _embedded(path: Path) -> str:
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
 
-def render_html(table: pd.DataFrame, images: list[Path]) -> str:
+def render_html(table: pd.DataFrame, images: list[Path], failures: list[Failure]) -> str:
     seed_rows = "".join(f"<tr><td>{name}</td><td>{value:.4f}</td></tr>" for name, value in SEED_TEST_ACCURACY.items())
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Chest X-ray backbone benchmark</title>
@@ -161,6 +162,7 @@ def render_html(table: pd.DataFrame, images: list[Path]) -> str:
 table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:4px 6px;text-align:right}}
 img{{max-width:100%;margin:1em 0}}</style></head><body>
 <h1>Chest X-ray pneumonia: backbone comparison</h1>
+{_missing_html(failures)}
 <p>Sorted by test ROC AUC. Test accuracy, sensitivity and specificity at threshold 0.5; the validation threshold
 maximises sensitivity + specificity on validation data and is never chosen on test. Intervals: 95 % bootstrap
 over test patients. Train and validation columns are at the best epoch, whose weights were kept.</p>
@@ -174,11 +176,23 @@ with a patient-level split; published results on the official test split are 93-
 """
 
 
-def write_report(result_dirs: list[Path], out: Path) -> dict[str, Path]:
-    """Write every graph, the leaderboard (csv, md) and report.html into `out`; return file name -> path."""
+def _missing_html(failures: list[Failure]) -> str:
+    if not failures:
+        return ""
+    items = "".join(f"<li>{html.escape(f.line())}</li>" for f in failures)
+    return f'<h2 style="color:#b00">Missing from this comparison</h2><ul>{items}</ul>'
+
+
+def write_report(result_dirs: list[Path], out: Path) -> tuple[dict[str, Path], list[Failure]]:
+    """Write every graph, the leaderboard (csv, md) and report.html into `out`; return file name -> path, and the
+    failed trainings among `result_dirs` (folders holding failure.json), which the report names."""
     if not result_dirs:
         raise UserError("no result folders given")
-    results = sorted((load_result(d) for d in result_dirs), key=lambda r: r.backbone)
+    failures = [f for f in map(read_failure, result_dirs) if f is not None]
+    finished = [d for d in result_dirs if read_failure(d) is None]
+    if not finished:
+        raise UserError("no finished result: " + "; ".join(f.line() for f in failures))
+    results = sorted((load_result(d) for d in finished), key=lambda r: r.backbone)
     names = [r.backbone for r in results]
     if len(set(names)) != len(names):
         raise UserError(f"two result folders hold the same backbone: {', '.join(names)}")
@@ -200,5 +214,5 @@ def write_report(result_dirs: list[Path], out: Path) -> dict[str, Path]:
     written[files.LEADERBOARD_MD].write_text(to_markdown(table))
     images = [written[files.COMPARISON_PLOT], written[files.ROC_PLOT], written[files.CONFUSION_PLOT]]
     images += [written[files.loss_acc_graph(name)] for name in table["backbone"]]
-    written[files.REPORT_HTML].write_text(render_html(table, images))
-    return written
+    written[files.REPORT_HTML].write_text(render_html(table, images, failures))
+    return written, failures

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import keras
 
+from cxr import settings
 from cxr.errors import UserError
 
 
@@ -65,11 +66,34 @@ def input_size(backbone: Backbone, requested: int) -> int:
     Raising rather than refusing lets one small size serve a whole comparison (InceptionV3 needs 75 px,
     Xception 71, the others 32); the size used is printed and recorded in train_metrics.json.
     """
-    if requested < 0:
-        raise UserError(f"--image-size must be 0 (native) or a size in pixels, got {requested}")
+    if not 0 <= requested <= settings.MAX_IMAGE_SIZE:
+        raise UserError(f"--image-size must be 0 (native) or a size in pixels up to {settings.MAX_IMAGE_SIZE}, "
+                        f"got {requested}")
     if requested == 0:
         return backbone.native_size
     if requested < backbone.min_size:
         print(f"{backbone.name}: --image-size {requested} raised to its minimum, {backbone.min_size}", file=sys.stderr)
         return backbone.min_size
     return requested
+
+
+def plan_runs(names: list[str], seeds: list[int]) -> list[dict]:
+    """One training per backbone and seed, {"backbone": canonical name, "seed": int}, checked before any work:
+    an unknown name, a backbone listed twice (in any letter case: both would share one checkpoint) or a repeated
+    seed is refused with one line."""
+    if not names:
+        raise UserError("backbones: the list is empty")
+    if not seeds:
+        raise UserError("seeds: the list is empty")
+    canonical = [get_backbone(str(name)).name for name in names]
+    for name in canonical:
+        if canonical.count(name) > 1:
+            spellings = ", ".join(str(n) for n in names if get_backbone(str(n)).name == name)
+            raise UserError(f"backbones: {name} is listed more than once ({spellings})")
+    # KFP hands list parameters over as JSON numbers, so 42 may arrive as 42.0.
+    if any(isinstance(seed, bool) or not isinstance(seed, int | float) or seed != int(seed) for seed in seeds):
+        raise UserError(f"seeds: expected whole numbers, got {seeds}")
+    seeds = [int(seed) for seed in seeds]
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"seeds: a seed is repeated in {seeds}")
+    return [{"backbone": name, "seed": seed} for name in canonical for seed in seeds]

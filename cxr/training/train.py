@@ -18,11 +18,12 @@ from pathlib import Path
 
 import keras
 import pandas as pd
-import tensorflow as tf
 
 from cxr import files, settings
 from cxr.data.reader import read_split, split_counts
+from cxr.devices import select_device
 from cxr.errors import UserError
+from cxr.outputs import claim
 from cxr.training.backbones import get_backbone, input_size
 from cxr.training.model import build_model
 
@@ -46,11 +47,14 @@ class TrainSettings:
     xla: bool | None = None  # None: on when a GPU is present
 
     def validate(self) -> None:
+        """Refuse settings that cannot train, before any work (one line naming the option)."""
         for name in ("epochs", "batch_size", "dense_units", "patience"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise UserError(f"--lr must be positive, got {self.learning_rate}")
+        if self.batch_size > settings.MAX_BATCH_SIZE:
+            raise UserError(f"--batch-size must be at most {settings.MAX_BATCH_SIZE}, got {self.batch_size}")
+        if not 0 < self.learning_rate < math.inf:
+            raise UserError(f"--lr must be a positive number, got {self.learning_rate}")
         if not 0 <= self.dropout < 1:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
 
@@ -94,13 +98,19 @@ class ResumableTraining(keras.callbacks.Callback):
         self.folder, self.patience, self.epochs, self.train_images = folder, patience, epochs, train_images
         self.state_file = folder / "state.json"
         self.state = {"epochs_done": 0, "best_val_loss": math.inf, "best_epoch": 0, "wait": 0,
-                      "stopped_epoch": None, "history": []}
+                      "stopped_epoch": None, "diverged_epoch": None, "history": []}
         if self.state_file.is_file():
-            self.state = json.loads(self.state_file.read_text())
+            try:
+                self.state.update(json.loads(self.state_file.read_text()))
+            except (OSError, json.JSONDecodeError):
+                raise UserError(f"{self.state_file} is damaged; start again with a new --checkpoint "
+                                "(or a new --out)") from None
 
     @property
     def finished(self) -> bool:
-        return self.state["stopped_epoch"] is not None or self.state["epochs_done"] >= self.epochs
+        state = self.state
+        return (state["stopped_epoch"] is not None or state["diverged_epoch"] is not None
+                or state["epochs_done"] >= self.epochs)
 
     def restore(self, model: keras.Model) -> None:
         """Load the last epoch's model and optimizer state, when there is one."""
@@ -115,6 +125,15 @@ class ResumableTraining(keras.callbacks.Callback):
         seconds = time.monotonic() - self._started
         row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in HISTORY_COLUMNS[1:5]}, "seconds": seconds}
         state = self.state
+        if not (math.isfinite(row["loss"]) and math.isfinite(row["val_loss"])):
+            # Diverged: this epoch's weights are NaN. Keep the last finished epoch's checkpoint as it is, so
+            # the best epoch so far survives, and stop.
+            state["diverged_epoch"] = epoch + 1
+            self.model.stop_training = True
+            _atomic_write(self.state_file, json.dumps(state, indent=1))
+            print(f"epoch {epoch + 1}/{self.epochs}: loss {row['loss']} val_loss {row['val_loss']}: diverged, "
+                  "stopping", flush=True)
+            return
         state["history"].append(row)
         state["epochs_done"] = epoch + 1
         if row["val_loss"] < state["best_val_loss"]:
@@ -134,12 +153,12 @@ class ResumableTraining(keras.callbacks.Callback):
               flush=True)
 
 
-def pipeline_checkpoint(root: str, run_id: str, backbone: str) -> Path:
-    """Where a pipeline's train task keeps its checkpoint: per run and backbone under `root` (a volume that
+def pipeline_checkpoint(root: str, run_id: str, backbone: str, seed: int) -> Path:
+    """Where a pipeline's train task keeps its checkpoint: per run, backbone and seed under `root` (a volume that
     outlives the pod, so a retried task finds it), or in a fresh temporary folder when `root` is empty, which
     keeps checkpoints out of the uploaded model artifact."""
     base = Path(root) if root else Path(tempfile.mkdtemp(prefix="checkpoint-"))
-    return base / run_id / get_backbone(backbone).name.lower()
+    return base / run_id / f"{get_backbone(backbone).name.lower()}-seed{seed}"
 
 
 def headline_metrics(metrics: dict) -> dict[str, float]:
@@ -151,57 +170,48 @@ def headline_metrics(metrics: dict) -> dict[str, float]:
     return scalars
 
 
-def device_name() -> str:
-    gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
-        return "CPU"
-    return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
-
-
-def _prepare_output(out: Path, checkpoint: Path, options: TrainSettings) -> None:
-    """Refuse an unrelated non-empty folder and a checkpoint of other settings; mark a new checkpoint."""
-    settings_file = checkpoint / "settings.json"
-    wanted = json.dumps(dataclasses.asdict(options), sort_keys=True)
-    if settings_file.is_file():
-        if settings_file.read_text() != wanted:
-            raise UserError(f"{checkpoint} holds a training with other settings ({settings_file}); "
-                            "use a new --out folder")
-        return
-    for folder in (out, checkpoint):
-        if folder.exists() and any(folder.iterdir()):
-            raise UserError(f"{folder} is not empty and holds no checkpoint; choose an empty or new folder")
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint.mkdir(parents=True, exist_ok=True)
-    settings_file.write_text(wanted)
-
-
-def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | None = None) -> dict:
+def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | None = None,
+          device: str = "auto") -> dict:
     """Train `options.backbone` on data_dir's train split, validating on val; write model.keras, history.csv
     and train_metrics.json into `out` and return the metrics.
 
-    Checkpoints go to `checkpoint` (default out/checkpoint); a rerun with the same folder resumes from there.
-    On a cluster it is a volume that outlives the pod, so a preempted GPU node costs at most one epoch.
+    Checkpoints go to `checkpoint` (default out/checkpoint); a rerun with the same checkpoint resumes from there,
+    into the same `out` or a new one (what a retried pipeline task does: a new pod, a new output path, the same
+    checkpoint volume). A rerun on a finished `out` reuses it. `device`: auto, gpu (refuse to start without
+    one) or cpu (cxr.devices).
     """
     data_dir, out = Path(data_dir), Path(out)
-    checkpoint = Path(checkpoint) if checkpoint else out / files.CHECKPOINT_DIR
     options.validate()
     backbone = get_backbone(options.backbone)
     options = dataclasses.replace(options, backbone=backbone.name)
     size = input_size(backbone, options.image_size)
-    if (out / files.TRAIN_METRICS).is_file() and (out / files.MODEL).is_file():
-        print(f"train: {out} already holds a finished training; reusing it", file=sys.stderr)
-        return json.loads((out / files.TRAIN_METRICS).read_text())
-    counts = split_counts(data_dir)
-    _prepare_output(out, checkpoint, options)
+    wanted = dataclasses.asdict(options)
+    with claim(out, "train", wanted) as output:
+        if output.finished and (out / files.MODEL).is_file() and (out / files.TRAIN_METRICS).is_file():
+            print(f"train: {out} already holds this finished training; reusing it", file=sys.stderr)
+            return json.loads((out / files.TRAIN_METRICS).read_text())
+        counts = split_counts(data_dir)
+        checkpoint = Path(checkpoint) if checkpoint else out / files.CHECKPOINT_DIR
+        with claim(checkpoint, "train", wanted, option="--checkpoint"):
+            model, metrics = _fit(data_dir, checkpoint, options, backbone.name, size, counts, device)
+        model.save(out / files.MODEL)
+        pd.DataFrame(metrics.pop("history"), columns=HISTORY_COLUMNS).to_csv(out / files.HISTORY, index=False)
+        _atomic_write(out / files.TRAIN_METRICS, json.dumps(metrics, indent=2))
+        output.finish()
+    return metrics
 
-    device = device_name()
-    on_gpu = device != "CPU"
+
+def _fit(data_dir: Path, checkpoint: Path, options: TrainSettings, name: str, size: int,
+         counts: dict[str, dict[str, int]], device: str) -> tuple[keras.Model, dict]:
+    """Train (or resume) in `checkpoint`; return the model at its best epoch and the metrics with the history."""
+    device_used = select_device(device)
+    on_gpu = device_used != "CPU"
     mixed = on_gpu if options.mixed_precision is None else options.mixed_precision
     xla = on_gpu if options.xla is None else options.xla
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     keras.utils.set_random_seed(options.seed)
 
-    model = build_model(backbone, size, dense_units=options.dense_units, dropout=options.dropout,
+    model = build_model(get_backbone(name), size, dense_units=options.dense_units, dropout=options.dropout,
                         weights=options.weights, freeze_backbone=options.freeze_backbone)
     model.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss="binary_crossentropy",
                   metrics=[keras.metrics.BinaryAccuracy(name="accuracy")], jit_compile=xla)
@@ -209,7 +219,7 @@ def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | 
     tracker = ResumableTraining(checkpoint, options.patience, options.epochs, train_images)
     tracker.restore(model)
     if tracker.state["epochs_done"]:
-        print(f"train: resuming {backbone.name} after epoch {tracker.state['epochs_done']}", file=sys.stderr)
+        print(f"train: resuming {name} after epoch {tracker.state['epochs_done']}", file=sys.stderr)
 
     if not tracker.finished:
         read = dict(data_dir=data_dir, image_size=size, batch_size=options.batch_size)
@@ -220,13 +230,20 @@ def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | 
                   verbose=1 if sys.stdout.isatty() else 2)
 
     state = tracker.state
+    if state["diverged_epoch"] is not None:
+        if not state["best_epoch"]:
+            raise UserError(f"training {name} diverged: the loss became NaN or infinite in epoch "
+                            f"{state['diverged_epoch']}, "
+                            f"before any epoch finished; lower --lr (now {options.learning_rate:g})")
+        print(f"train: {name} diverged in epoch {state['diverged_epoch']}; keeping its best epoch, "
+              f"{state['best_epoch']}", file=sys.stderr)
     model.load_weights(checkpoint / "best.weights.h5")
     history = pd.DataFrame(state["history"], columns=HISTORY_COLUMNS)
     best = history[history["epoch"] == state["best_epoch"]].iloc[0]
     last = history.iloc[-1]
     seconds = float(history["seconds"].sum())
-    metrics = {
-        "backbone": backbone.name,
+    return model, {
+        "backbone": name,
         "image_size": size,
         "train_images": train_images,
         "val_images": sum(counts["val"].values()),
@@ -235,15 +252,13 @@ def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | 
         "best_epoch": int(state["best_epoch"]),
         "epochs_run": int(state["epochs_done"]),
         "stopped_epoch": state["stopped_epoch"],
+        "diverged_epoch": state["diverged_epoch"],
         "learning_time_seconds": seconds,
         "learning_time": format_duration(seconds),
         "images_per_second": train_images * len(history) / seconds if seconds else 0.0,
-        "device": device,
+        "device": device_used,
         "mixed_precision": mixed,
         "xla": xla,
         "settings": dataclasses.asdict(options),
+        "history": state["history"],
     }
-    model.save(out / files.MODEL)
-    history.to_csv(out / files.HISTORY, index=False)
-    _atomic_write(out / files.TRAIN_METRICS, json.dumps(metrics, indent=2))  # last: marks the training finished
-    return metrics

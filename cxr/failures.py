@@ -1,0 +1,47 @@
+"""A backbone that failed for good, written where its result would be, so the comparison goes on without it.
+
+The train and evaluate steps of a pipeline write `failure.json` instead of raising when one backbone cannot be
+trained or evaluated (after its retries); the aggregate step reports the others and names the missing one, and
+the run still ends as failed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cxr import files
+
+
+@dataclass(frozen=True)
+class Failure:
+    backbone: str
+    seed: int
+    stage: str  # "train" or "evaluate"
+    reason: str  # one line: the error, or how the process died
+
+    def line(self) -> str:
+        return f"{self.backbone} (seed {self.seed}) failed in {self.stage}: {self.reason}"
+
+
+def write_failure(folder: Path, failure: Failure) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / files.FAILURE).write_text(json.dumps(asdict(failure), indent=2))
+
+
+def read_failure(folder: Path) -> Failure | None:
+    """The failure recorded in `folder`, or None when it holds none."""
+    path = Path(folder) / files.FAILURE
+    if not path.is_file():
+        return None
+    return Failure(**json.loads(path.read_text()))
+
+
+def verdict(failures: list[Failure], total: int) -> str:
+    """'' when every run finished, else one line naming what is missing (the pipeline's final step raises it)."""
+    if not failures:
+        return ""
+    return (f"{len(failures)} of {total} trainings failed, the report covers the others: "
+            + "; ".join(f.line() for f in failures))

@@ -1,0 +1,133 @@
+"""Output folders that a command owns: it writes only into a folder that is new, empty, or marked by cxr, never
+over a file it did not write, with one writer at a time, and a rerun on its own finished output reuses it.
+
+Each folder a command writes holds two hidden files: `.cxr-output.json` (which commands wrote here, with what
+settings, and whether they finished) and `.cxr-lock` (an exclusive lock for as long as a command writes: a second
+process is refused at once instead of racing the first). The lock dies with its process, so a killed task's
+retry is never locked out.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxr.errors import UserError
+
+RECORD = ".cxr-output.json"
+LOCK = ".cxr-lock"
+OWN_FILES = (RECORD, LOCK)
+
+
+@dataclass
+class Claim:
+    """A folder one command may write into, held until the `with` block of `claim` ends."""
+
+    folder: Path
+    command: str
+    finished: bool  # the same command with the same settings completed here before: reuse what it wrote
+    others: frozenset[str]  # the other cxr commands whose files share this folder
+
+    def finish(self) -> None:
+        """Record that the command completed; call after its last file is written."""
+        records = _read_records(self.folder)
+        records[self.command]["finished"] = True
+        _write_records(self.folder, records)
+
+
+def _read_records(folder: Path) -> dict:
+    path = folder / RECORD
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"{path} is damaged: {folder} cannot be told apart from someone else's folder; "
+                        "choose a new output folder") from None
+
+
+def _write_records(folder: Path, records: dict) -> None:
+    tmp = folder / (RECORD + ".tmp")
+    tmp.write_text(json.dumps(records, indent=1, sort_keys=True))
+    os.replace(tmp, folder / RECORD)
+
+
+def make_folder(folder: Path, option: str) -> None:
+    """Create `folder` (and its parents) or say in one line why it cannot be an output folder."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{option} {folder}: is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"{option} {folder}: cannot create it ({error.strerror or error})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {folder}: not writable")
+
+
+def _lock(folder: Path, option: str):
+    try:
+        handle = open(folder / LOCK, "a+")  # noqa: SIM115 - held until release, beyond this function
+    except OSError as error:
+        raise UserError(f"{option} {folder}: cannot write there ({error.strerror or error})") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        handle.close()
+        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise UserError(f"{option} {folder} is being written by another cxr process right now; wait for it "
+                            "or choose another folder") from None
+        raise
+    return handle
+
+
+@contextmanager
+def claim(folder: Path, command: str, settings: dict | None = None, option: str = "--out") -> Iterator[Claim]:
+    """Hold `folder` for `command` while the block runs.
+
+    Refused, with one line naming the folder: a file or an unwritable place; a folder another process is writing;
+    a non-empty folder that cxr did not write; a folder where `command` ran before with other `settings`.
+    Another cxr command's files may share the folder (evaluate writes beside train's model), never be replaced.
+    """
+    folder = Path(folder)
+    make_folder(folder, option)
+    handle = _lock(folder, option)
+    try:
+        records = _read_records(folder)
+        if not records and any(p.name not in OWN_FILES for p in folder.iterdir()):
+            raise UserError(f"{option} {folder} is not empty and was not written by cxr; choose an empty or new "
+                            "folder (nothing in it is changed)")
+        wanted = json.loads(json.dumps(settings or {}, sort_keys=True, default=str))
+        previous = records.get(command)
+        if previous is not None and previous["settings"] != wanted:
+            changed = sorted(k for k in set(wanted) | set(previous["settings"])
+                             if wanted.get(k) != previous["settings"].get(k))
+            raise UserError(f"{option} {folder} holds a `cxr {command}` with other settings "
+                            f"({', '.join(changed)}); choose a new folder")
+        finished = bool(previous and previous["finished"])
+        if previous is None:
+            records[command] = {"settings": wanted, "finished": False}
+            _write_records(folder, records)
+        yield Claim(folder, command, finished, frozenset(records) - {command})
+    finally:
+        handle.close()
+
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file another step wrote; an empty, truncated or missing one is one line naming it."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"missing {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path} is damaged or empty ({type(error).__name__}); write it again with the step "
+                        "that made it") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} is damaged: expected a JSON object")
+    return value
