@@ -181,7 +181,8 @@ def test_absurd_sizes_are_refused_before_any_work(processed_dataset, tmp_path, c
 
 
 def test_two_trainings_into_one_folder_are_refused_not_raced(processed_dataset, tmp_path):
-    args = [CXR, *_cli_args(processed_dataset, **{"--epochs": "30", "--patience": "30"}), "--out", str(tmp_path / "run")]
+    args = [CXR, *_cli_args(processed_dataset, **{"--epochs": "30", "--patience": "30"}),
+            "--out", str(tmp_path / "run")]
     first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120

@@ -12,7 +12,6 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-
 # 8,000 x 8,000: ten times the largest real film (about 2,500 x 2,500, GUIDE section 2), a quarter of
 # PIL's own decompression-bomb limit; a 64-megapixel 8-bit film still decodes in about 64 MB.
 MAX_PIXELS = 64_000_000
