@@ -114,7 +114,8 @@ GPU_CHECK_POD = "cxr-gpu-check-"  # name prefix of the short pod `cxr cluster-re
 STUCK_REASONS = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
                  "CreateContainerConfigError", "CreateContainerError", "RunContainerError")
 RUNTIME_HINT = ("the NVIDIA runtime is likely not containerd's default on the GPU node: recreate the cluster with "
-                "`make down cluster` (README, The cluster path)")
+                "`make down cluster load deploy` (README, The cluster path)")
+NO_GPU_NODE = f"a node with an allocatable {GPU_RESOURCE} (the NVIDIA device plugin)"
 
 
 def _kubernetes():
@@ -186,7 +187,7 @@ def _not_ready(apps, core, namespace: str, need_gpu: bool) -> list[str]:
         waiting_for = [f"deployments in namespace {namespace}"]
     if need_gpu and not any(int((n.status.allocatable or {}).get(GPU_RESOURCE, "0")) > 0
                             for n in core.list_node(_request_timeout=timeout).items):
-        waiting_for.append(f"a node with an allocatable {GPU_RESOURCE} (the NVIDIA device plugin)")
+        waiting_for.append(NO_GPU_NODE)
     return waiting_for
 
 
@@ -271,7 +272,7 @@ def wait_until_ready(namespace: str = "kubeflow", timeout_seconds: float = 900, 
         if not waiting_for:
             break
         if time.monotonic() >= deadline:
-            gpu_missing = need_gpu and waiting_for[-1].startswith("a node with")
+            gpu_missing = NO_GPU_NODE in waiting_for
             raise UserError(f"not ready after {timeout_seconds:g} s; still waiting for: {', '.join(waiting_for)}"
                             + (f"; if the device plugin pod (`kubectl -n nvidia get pods`) is in CrashLoopBackOff "
                                f"with an NVML error, {RUNTIME_HINT}" if gpu_missing else ""))
