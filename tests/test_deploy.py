@@ -141,10 +141,16 @@ def test_kind_script_parses_and_passes_shellcheck():
 FAKE_TOOLS = {
     # nvkind: creates the cluster (FAKE_CREATES=1) and exits FAKE_NVKIND_RC, like its benign umount errors.
     "nvkind": '[[ ${FAKE_CREATES:-1} == 1 ]] && touch "$STATE/cluster"; exit "${FAKE_NVKIND_RC:-0}"',
-    "kind": '[[ "$1 $2" == "get clusters" && -e $STATE/cluster ]] && echo cxr; exit 0',
+    "kind": """case "$1 $2" in
+  "get clusters") [[ -e $STATE/cluster ]] && echo cxr;;
+  "get nodes") printf '%s\\n' cxr-control-plane cxr-worker2 cxr-worker;;
+  "load image-archive") [[ -s $3 ]] && echo "archive $3 held $(cat "$3")" >> "$LOG";;
+esac
+exit 0""",
     "kubectl": 'case "$*" in *"get nodes -l"*) printf cxr-worker;; esac',
     # docker exec into the node: nvidia-ctk present unless FAKE_NO_CTK; containerd's default follows nvidia-ctk.
     "docker": """case "$*" in
+  "save -o "*) echo "image $4" > "$3";;
   *"command -v nvidia-ctk"*) [[ -z ${FAKE_NO_CTK:-} ]];;
   *"nvidia-ctk runtime configure"*--set-as-default*) touch "$STATE/default";;
   *"containerd config dump"*) [[ -e $STATE/default ]] && echo "default_runtime_name = 'nvidia'" \\
@@ -153,10 +159,10 @@ esac""",
 }
 
 
-def _make_cluster(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, list[str]]:
-    """`make cluster` for real, with nvkind, kind, kubectl and docker replaced by scripts that log their
-    arguments: they need a Docker engine and a GPU, which this machine lacks. What is tested is the script's
-    own logic: what it tolerates, what it runs in the GPU node, and when it stops."""
+def _make_cluster(tmp_path: Path, target: str = "cluster", **env: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`make cluster` (or `target`) for real, with nvkind, kind, kubectl and docker replaced by scripts that log
+    their arguments: they need a Docker engine and a GPU, which this machine lacks. What is tested is our own
+    logic: what it tolerates, what it runs in the GPU node, and when it stops."""
     bin_dir, state = tmp_path / "bin", tmp_path / "state"
     bin_dir.mkdir()
     state.mkdir()
@@ -168,7 +174,8 @@ def _make_cluster(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProce
         (state / "cluster").touch()
     environment = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STATE": str(state), "LOG": str(log),
                    **env}
-    result = subprocess.run(["make", "cluster"], cwd=ROOT, capture_output=True, text=True, env=environment)
+    result = subprocess.run(["make", target, "CONTAINER=docker"], cwd=ROOT, capture_output=True, text=True,
+                            env=environment)
     return result, log.read_text().splitlines() if log.exists() else []
 
 
@@ -194,3 +201,14 @@ def test_make_cluster_stops_with_one_clear_line(tmp_path, env, message):
     assert result.returncode != 0
     assert f"make cluster: error: {message}" in result.stderr
     assert not any("--set-as-default" in call for call in calls)
+
+
+def test_make_load_sends_an_image_archive_to_the_workers_only_and_removes_it(tmp_path):
+    result, calls = _make_cluster(tmp_path, "load", TMPDIR=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    [save] = [c for c in calls if c.startswith("docker save")]
+    archive = save.split()[3]
+    assert save == f"docker save -o {archive} localhost/cxr-bench:0.1.0-gpu" and archive.startswith(str(tmp_path))
+    assert f"kind load image-archive {archive} --name cxr --nodes cxr-worker2,cxr-worker" in calls
+    assert f"archive {archive} held image localhost/cxr-bench:0.1.0-gpu" in calls  # saved before it was loaded
+    assert not Path(archive).exists()  # a multi-GB temporary file must not stay behind
