@@ -1,5 +1,7 @@
-"""The submit and upload logic against a local stand-in for the KFP v2beta1 REST API: a real cluster cannot run
-here, so the network is stubbed at the HTTP boundary and everything above it (kfp.Client included) is real."""
+"""The submit and upload logic against a local stand-in for the KFP v2beta1 REST API, and cluster-ready and
+kaggle-secret against a local stand-in for the Kubernetes API: a real cluster cannot run here, so the network is
+stubbed at the HTTP boundary and everything above it (kfp.Client, the kubernetes client and its kubeconfig) is
+real."""
 
 import json
 import socket
