@@ -66,26 +66,38 @@ KFP_VERSION ?= 2.17.0
 DEVICE_PLUGIN_VERSION ?= 0.17.1
 KFP_MANIFESTS := github.com/kubeflow/pipelines/manifests/kustomize
 KFP_HOST ?= http://localhost:8080
+# Train tasks that share one GPU (the device plugin's time-slicing); 1 = each task has a GPU to itself.
+GPU_SHARING ?= 1
+# Time-slicing values only for N > 1: the device plugin refuses fewer than 2 replicas.
+DEVICE_PLUGIN_VALUES = $(if $(filter-out 1,$(GPU_SHARING)),--values <(sed 's/@GPU_SHARING@/$(GPU_SHARING)/' \
+  k8s/device-plugin/time-slicing.values.yaml.tmpl))
 # Pipeline arguments for `make run`, as NAME=VALUE words (values as JSON where they parse).
 RUN_ARGS ?= source=kaggle
 
-cluster: ## create the kind cluster with a GPU worker (nvkind; see k8s/kind/cluster.yaml.tmpl)
-	nvkind cluster create --name $(CLUSTER) --config-template k8s/kind/cluster.yaml.tmpl
-	kubectl --context kind-$(CLUSTER) get nodes -L nvidia.com/gpu.present
+cluster: ## create the kind cluster, its GPU worker with the NVIDIA runtime as containerd's default (nvkind)
+	k8s/kind/create-cluster.sh $(CLUSTER) k8s/kind/cluster.yaml.tmpl $(GPU_NODE_SELECTOR)
 
-deploy: install ## NVIDIA device plugin, KFP 2.17, the overlay, the Kaggle secret; waits until ready
+# --reset-values: an upgrade without values would otherwise keep the last release's (time-slicing after N > 1).
+deploy: install ## device plugin (GPU_SHARING=N tasks per GPU), KFP 2.17, the overlay, Kaggle secret; waits until ready
+	$(if $(shell [[ '$(GPU_SHARING)' =~ ^[1-9][0-9]*$$ ]] && echo ok),,$(error GPU_SHARING must be a whole \
+	  number >= 1 (train tasks per GPU), got '$(GPU_SHARING)'))
 	helm repo add nvdp https://nvidia.github.io/k8s-device-plugin --force-update
 	helm upgrade -i nvidia-device-plugin nvdp/nvidia-device-plugin --version $(DEVICE_PLUGIN_VERSION) \
-	  --namespace nvidia --create-namespace --wait
+	  --namespace nvidia --create-namespace --reset-values $(DEVICE_PLUGIN_VALUES) --wait
 	kubectl apply -k "$(KFP_MANIFESTS)/cluster-scoped-resources?ref=$(KFP_VERSION)"
 	kubectl wait --for condition=established --timeout=120s crd/applications.app.k8s.io
 	kubectl apply -k "$(KFP_MANIFESTS)/env/platform-agnostic?ref=$(KFP_VERSION)"
 	kubectl apply -k k8s/overlays/kind
 	$(VENV)/bin/cxr kaggle-secret --namespace kubeflow
-	$(VENV)/bin/cxr cluster-ready --namespace kubeflow
+	$(VENV)/bin/cxr cluster-ready --namespace kubeflow --image $(IMAGE)
 
-load: ## load the GPU image into the kind cluster's nodes
-	kind load docker-image $(IMAGE) --name $(CLUSTER)
+# Through an archive: `kind load docker-image` fails on Docker's containerd image store (kind#3795), and it would
+# copy the image to the control plane too, where no task runs.
+load: ## load the GPU image into the kind cluster's workers
+	archive=$$(mktemp --suffix=.tar) && trap 'rm -f "$$archive"' EXIT && \
+	$(CONTAINER) save -o "$$archive" $(IMAGE) && \
+	kind load image-archive "$$archive" --name $(CLUSTER) \
+	  --nodes "$$(kind get nodes --name $(CLUSTER) | grep -v -- -control-plane | paste -sd, -)"
 
 ui: ## forward the KFP UI and API to localhost:8080
 	kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80

@@ -98,7 +98,8 @@ def _upload(args: argparse.Namespace) -> None:
 def _cluster_ready(args: argparse.Namespace) -> None:
     from cxr.cluster import wait_until_ready
 
-    wait_until_ready(args.namespace, args.timeout, need_gpu=not args.no_gpu)
+    wait_until_ready(args.namespace, args.timeout, need_gpu=not args.no_gpu, image=args.image,
+                     poll_seconds=args.poll)
 
 
 def _kaggle_secret(args: argparse.Namespace) -> None:
@@ -199,10 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--host", required=True)
     sub.add_argument("--package", type=Path, default=package)
 
-    sub = command("cluster-ready", _cluster_ready, "wait until KFP's deployments are available and a GPU is visible")
+    sub = command("cluster-ready", _cluster_ready, "wait until KFP's deployments are available and a GPU is visible, "
+                  "then check that a pod on the GPU node sees it (`cxr gpus`)")
     sub.add_argument("--namespace", default="kubeflow")
-    sub.add_argument("--timeout", type=int, default=900, help="seconds")
-    sub.add_argument("--no-gpu", action="store_true", help="do not wait for an allocatable nvidia.com/gpu")
+    sub.add_argument("--timeout", type=float, default=900, help="seconds, the GPU check included")
+    sub.add_argument("--poll", type=float, default=10, help="seconds between checks")
+    sub.add_argument("--image", default=settings.COMPONENT_IMAGE, help="the image of the GPU check pod")
+    sub.add_argument("--no-gpu", action="store_true", help="skip the GPU checks (the device plugin, the GPU pod)")
 
     sub = command("kaggle-secret", _kaggle_secret,
                   "create the optional Kaggle secret from KAGGLE_USERNAME and KAGGLE_KEY in the environment")

@@ -106,15 +106,45 @@ def upload(host: str, package: Path, pipeline_name: str = settings.PIPELINE_NAME
     return version
 
 
+# Seconds one Kubernetes API call may take: an API that accepts connections but never answers must not hang a wait.
+KUBERNETES_REQUEST_SECONDS = 10
+GPU_RESOURCE = "nvidia.com/gpu"  # the device plugin's resource, which the train tasks ask for
+GPU_CHECK_POD = "cxr-gpu-check-"  # name prefix of the short pod `cxr cluster-ready` runs on the GPU node
+# Container states in which the GPU check pod will never start by itself.
+STUCK_REASONS = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
+                 "CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+RUNTIME_HINT = ("the NVIDIA runtime is likely not containerd's default on the GPU node: recreate the cluster with "
+                "`make down cluster load deploy` (README, The cluster path)")
+NO_GPU_NODE = f"a node with an allocatable {GPU_RESOURCE} (the NVIDIA device plugin)"
+
+
 def _kubernetes():
     from kubernetes import client, config
 
     try:
-        config.load_kube_config()
+        # KUBECONFIG as it is now: the client reads its default path from it once, when it is imported.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     except Exception:  # any failure here means the same to the user
         raise UserError("no usable kubeconfig: create the cluster first (`make cluster`) or point "
                         "KUBECONFIG at one") from None
     return client
+
+
+def _unreachable() -> tuple[type[Exception], ...]:
+    """What the kubernetes client raises when the API server cannot be reached (refused, reset, timed out)."""
+    import urllib3
+
+    return urllib3.exceptions.HTTPError, OSError
+
+
+def _unreachable_line(client, error: Exception) -> str:
+    host = client.Configuration.get_default_copy().host
+    return (f"the Kubernetes API at {host} is unreachable ({type(error).__name__}); is the cluster running "
+            "(`kind get clusters`, `make cluster`) and KUBECONFIG right?")
+
+
+def _refused_line(error) -> str:
+    return f"the Kubernetes API refused a call: HTTP {error.status} {error.reason}"
 
 
 def create_kaggle_secret(namespace: str = "kubeflow") -> bool:
@@ -129,37 +159,133 @@ def create_kaggle_secret(namespace: str = "kubeflow") -> bool:
     body = client.V1Secret(metadata=client.V1ObjectMeta(name=settings.KAGGLE_SECRET, namespace=namespace),
                            string_data=values, type="Opaque")
     api = client.CoreV1Api()
+    timeout = KUBERNETES_REQUEST_SECONDS
     try:
-        api.replace_namespaced_secret(settings.KAGGLE_SECRET, namespace, body)
-    except client.exceptions.ApiException as error:
-        if error.status != 404:
-            raise UserError(f"could not write secret {namespace}/{settings.KAGGLE_SECRET}: HTTP {error.status}") \
-                from None
-        api.create_namespaced_secret(namespace, body)
+        try:
+            api.replace_namespaced_secret(settings.KAGGLE_SECRET, namespace, body, _request_timeout=timeout)
+        except client.exceptions.ApiException as error:
+            if error.status != 404:
+                raise
+            api.create_namespaced_secret(namespace, body, _request_timeout=timeout)
+    except client.exceptions.ApiException as error:  # status and reason only: the body echoes the secret
+        raise UserError(f"could not write secret {namespace}/{settings.KAGGLE_SECRET}: HTTP {error.status} "
+                        f"{error.reason} (does namespace {namespace} exist?)") from None
+    except _unreachable() as error:
+        raise UserError(_unreachable_line(client, error)) from None
     print(f"secret: {namespace}/{settings.KAGGLE_SECRET} holds KAGGLE_USERNAME and KAGGLE_KEY")
     return True
 
 
-def wait_until_ready(namespace: str = "kubeflow", timeout_seconds: int = 900, need_gpu: bool = True) -> None:
+def _not_ready(apps, core, namespace: str, need_gpu: bool) -> list[str]:
+    """What the cluster still lacks: unavailable Deployments in `namespace` and, with `need_gpu`, a node that
+    offers an nvidia.com/gpu."""
+    timeout = KUBERNETES_REQUEST_SECONDS
+    deployments = apps.list_namespaced_deployment(namespace, _request_timeout=timeout).items
+    waiting_for = [f"deployment {d.metadata.name}" for d in deployments
+                   if (d.status.available_replicas or 0) < (d.spec.replicas or 1)]
+    if not deployments:
+        waiting_for = [f"deployments in namespace {namespace}"]
+    if need_gpu and not any(int((n.status.allocatable or {}).get(GPU_RESOURCE, "0")) > 0
+                            for n in core.list_node(_request_timeout=timeout).items):
+        waiting_for.append(NO_GPU_NODE)
+    return waiting_for
+
+
+def gpu_check_pod(client, image: str):
+    """The pod that runs `cxr gpus` where the train tasks run: the GPU node pool's selector and toleration and
+    one GPU, as the pipeline's train tasks ask for them (pipelines/chest_xray_benchmark.py, on_gpu_node)."""
+    key, _, value = settings.GPU_NODE_SELECTOR.partition("=")
+    container = client.V1Container(
+        name="gpus", image=image, image_pull_policy="IfNotPresent", command=["cxr", "gpus"],
+        resources=client.V1ResourceRequirements(limits={GPU_RESOURCE: "1"}))
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(generate_name=GPU_CHECK_POD, labels={"app.kubernetes.io/part-of": "cxr-bench"}),
+        spec=client.V1PodSpec(
+            restart_policy="Never", containers=[container], node_selector={key: value},
+            tolerations=[client.V1Toleration(key=settings.GPU_TOLERATION_KEY, operator="Exists",
+                                             effect="NoSchedule")]))
+
+
+def _pending_reason(pod) -> str:
+    """Why a pod has not ended yet, in the words of its container state or its scheduling condition."""
+    for status in pod.status.container_statuses or []:
+        if status.state and status.state.waiting and status.state.waiting.reason:
+            return status.state.waiting.reason
+    for condition in pod.status.conditions or []:
+        if condition.status == "False" and condition.reason:
+            return f"{condition.reason}: {condition.message or ''}".strip()
+    return pod.status.phase or "Pending"
+
+
+def check_gpu_in_pod(client, namespace: str, image: str, deadline: float, poll_seconds: float) -> list[str]:
+    """Run `cxr gpus` in a short pod on the GPU node and return the GPU lines it printed. The pod is deleted
+    whatever happens. A node can offer nvidia.com/gpu (the device plugin) while its containers still see no
+    GPU: that is what this catches, before train tasks run for hours on the CPU."""
+    core = client.CoreV1Api()
+    timeout = KUBERNETES_REQUEST_SECONDS
+    name = core.create_namespaced_pod(namespace, gpu_check_pod(client, image), _request_timeout=timeout).metadata.name
+    try:
+        while True:
+            pod = core.read_namespaced_pod(name, namespace, _request_timeout=timeout)
+            if pod.status.phase in ("Succeeded", "Failed"):
+                break
+            reason = _pending_reason(pod)
+            if reason in STUCK_REASONS:
+                raise UserError(f"the GPU check pod {namespace}/{name} cannot start ({reason}) with image {image}: "
+                                "`make images load`, or pass --image")
+            if time.monotonic() >= deadline:
+                raise UserError(f"the GPU check pod {namespace}/{name} did not finish in time ({reason})")
+            print(f"waiting for the GPU check pod {name}: {reason}", file=sys.stderr, flush=True)
+            time.sleep(max(0.0, min(poll_seconds, deadline - time.monotonic())))
+        log = core.read_namespaced_pod_log(name, namespace, container="gpus", _request_timeout=timeout) or ""
+    finally:
+        try:
+            core.delete_namespaced_pod(name, namespace, grace_period_seconds=0, _request_timeout=timeout)
+        except (client.exceptions.ApiException, *_unreachable()) as error:
+            print(f"could not delete pod {namespace}/{name} ({type(error).__name__}): `kubectl -n {namespace} "
+                  f"delete pod {name}`", file=sys.stderr)
+    gpus = [line.strip() for line in log.splitlines() if line.startswith("GPU ")]
+    if pod.status.phase != "Succeeded" or not gpus:
+        said = next((line.strip() for line in reversed(log.splitlines()) if line.strip()), "no output")
+        raise UserError(f"a pod on the GPU node ({settings.GPU_NODE_SELECTOR}) sees no GPU (`cxr gpus` "
+                        f"{pod.status.phase}: {said}); {RUNTIME_HINT}")
+    return gpus
+
+
+def wait_until_ready(namespace: str = "kubeflow", timeout_seconds: float = 900, need_gpu: bool = True,
+                     image: str = settings.COMPONENT_IMAGE, poll_seconds: float = 10) -> None:
     """Wait until every Deployment in `namespace` is available and (with `need_gpu`) a node offers an
-    nvidia.com/gpu, saying what it still waits for."""
+    nvidia.com/gpu, saying what it still waits for, then (with `need_gpu`) check that a container on that node
+    sees the GPU. An unreachable API is waited for too, until the timeout."""
     client = _kubernetes()
     apps, core = client.AppsV1Api(), client.CoreV1Api()
     deadline = time.monotonic() + timeout_seconds
-    waiting_for = ["?"]
-    while time.monotonic() < deadline:
-        deployments = apps.list_namespaced_deployment(namespace).items
-        waiting_for = [f"deployment {d.metadata.name}" for d in deployments
-                       if (d.status.available_replicas or 0) < (d.spec.replicas or 1)]
-        if not deployments:
-            waiting_for = [f"deployments in namespace {namespace}"]
-        if need_gpu and not any(int((n.status.allocatable or {}).get("nvidia.com/gpu", "0")) > 0
-                                for n in core.list_node().items):
-            waiting_for.append("a node with an allocatable nvidia.com/gpu (the NVIDIA device plugin)")
+    while True:
+        try:
+            waiting_for = _not_ready(apps, core, namespace, need_gpu)
+        except _unreachable() as error:
+            waiting_for = [_unreachable_line(client, error)]
+        except client.exceptions.ApiException as error:
+            if error.status < 500:  # a refusal (401, 403) does not pass by waiting; a starting API answers 5xx
+                raise UserError(_refused_line(error)) from None
+            waiting_for = [f"the Kubernetes API (HTTP {error.status} {error.reason})"]
         if not waiting_for:
-            print(f"ready: every deployment in {namespace} is available" + (", GPU visible" if need_gpu else ""))
-            return
+            break
+        if time.monotonic() >= deadline:
+            gpu_missing = NO_GPU_NODE in waiting_for
+            raise UserError(f"not ready after {timeout_seconds:g} s; still waiting for: {', '.join(waiting_for)}"
+                            + (f"; if the device plugin pod (`kubectl -n nvidia get pods`) is in CrashLoopBackOff "
+                               f"with an NVML error, {RUNTIME_HINT}" if gpu_missing else ""))
         print(f"waiting for {len(waiting_for)}: {', '.join(waiting_for[:4])}"
               + (" ..." if len(waiting_for) > 4 else ""), file=sys.stderr, flush=True)
-        time.sleep(10)
-    raise UserError(f"not ready after {timeout_seconds} s; still waiting for: {', '.join(waiting_for)}")
+        time.sleep(max(0.0, min(poll_seconds, deadline - time.monotonic())))
+    gpus = []
+    if need_gpu:
+        try:
+            gpus = check_gpu_in_pod(client, namespace, image, deadline, poll_seconds)
+        except _unreachable() as error:
+            raise UserError(_unreachable_line(client, error)) from None
+        except client.exceptions.ApiException as error:
+            raise UserError(_refused_line(error)) from None
+    print(f"ready: every deployment in {namespace} is available"
+          + (f"; a pod on the GPU node sees {', '.join(gpus)}" if gpus else ""))
