@@ -72,7 +72,7 @@ COMPONENT_IMAGE = os.environ.get("CXR_IMAGE", f"localhost/cxr-bench:{VERSION}-gp
 PIPELINE_NAME = "chest-xray-backbone-benchmark"
 # Trains at once; five = the seed's five backbones side by side when the cluster has five GPUs.
 PARALLELISM = int(os.environ.get("CXR_PARALLELISM", "5"))
-# The GPU node pool the train tasks select and tolerate; the defaults match k8s/kind-gpu.yaml.
+# The GPU node pool the train tasks select and tolerate; the defaults match k8s/kind/cluster.yaml.tmpl.
 GPU_NODE_SELECTOR = os.environ.get("CXR_GPU_NODE_SELECTOR", "nvidia.com/gpu.present=true")
 GPU_TOLERATION_KEY = "nvidia.com/gpu"
 # Requests for one train task: TF's input pipeline wants a few cores; 299-px caches of the whole train split
