@@ -188,7 +188,12 @@ def test_a_failed_backbone_is_listed_and_the_rest_reported(tmp_path):
     assert '<section id="missing"><h2>Missing</h2>' in html
     assert html.index("out of GPU memory at epoch 3") < html.index("<table")
     assert "Missing: ResNet50 (seed 7) failed in train: out of GPU memory" in written["leaderboard.md"].read_text()
-    assert sorted(pd.read_csv(written["leaderboard.csv"])["backbone"]) == ["Ensemble", "MobileNet", "VGG16"]
+    table = pd.read_csv(written["leaderboard.csv"]).set_index("backbone")
+    assert sorted(table.index) == ["Ensemble", "MobileNet", "VGG16"]
+    # One seed and as many resamples as evaluate drew: the report's interval is evaluate's, redone from predictions.
+    interval = json.loads((dirs[0] / "metrics.json").read_text())["roc_auc"]["ci95"]
+    assert table.loc["MobileNet", "roc_auc_ci95"] == f"{interval[0]:.3f}-{interval[1]:.3f}"
+    assert "<td>&lt;NA&gt;</td>" not in html and "<td>nan</td>" not in html
 
 
 def test_every_backbone_failed_still_writes_a_report_that_says_so(tmp_path, capsys):

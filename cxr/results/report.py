@@ -117,7 +117,8 @@ def load_result(folder: Path) -> Result:
     folder = Path(folder)
     for name in (files.TRAIN_METRICS, files.HISTORY, files.METRICS, files.PREDICTIONS, files.VAL_PREDICTIONS):
         if not (folder / name).is_file():
-            raise UserError(f"missing {folder / name}: not a result folder of `cxr evaluate` (nor a failure)")
+            raise UserError(f"missing {folder / name}: not a result folder of `cxr evaluate` (nor a failure; a "
+                            "result from before val_predictions.csv existed needs `cxr evaluate` again)")
     metrics, training = json.loads((folder / files.METRICS).read_text()), json.loads(
         (folder / files.TRAIN_METRICS).read_text())
     return Result(metrics["backbone"], int(training["settings"]["seed"]), folder, training,
@@ -386,7 +387,7 @@ def render_html(table: pd.DataFrame, images: Sequence[Path], missing: Sequence[F
     missing_section = "" if not missing else (
         '<section id="missing"><h2>Missing</h2><p>These did not finish; everything below is computed without them.'
         "</p><ul>" + "".join(f"<li>{html.escape(failure.describe())}</li>" for failure in missing) + "</ul></section>")
-    board = table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4f}") if not table.empty else ""
+    board = table.map(_cell).to_html(index=False) if not table.empty else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Chest X-ray backbone benchmark</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}
