@@ -15,7 +15,7 @@ def aggregate_results(results: Input[List[Artifact]], report: Output[HTML], lead
     from pathlib import Path
 
     from cxr import files
-    from cxr.failures import verdict
+    from cxr.failures import run_verdict
     from cxr.results.report import write_report
 
     folders = sorted(Path(r.path) for r in results)
@@ -23,4 +23,4 @@ def aggregate_results(results: Input[List[Artifact]], report: Output[HTML], lead
     shutil.copyfile(written[files.REPORT_HTML], report.path)
     shutil.copyfile(written[files.LEADERBOARD_MD], leaderboard.path)
     plots.metadata.update({"files": sorted(written), "missing": [f.line() for f in failures]})
-    return verdict(failures, len(folders))
+    return run_verdict(failures, len(folders))

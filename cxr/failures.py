@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cxr import files
+from cxr.errors import UserError
+
+STAGES = ("train", "evaluate")
 
 
 @dataclass(frozen=True)
@@ -32,14 +35,21 @@ def write_failure(folder: Path, failure: Failure) -> None:
 
 
 def read_failure(folder: Path) -> Failure | None:
-    """The failure recorded in `folder`, or None when it holds none."""
+    """The failure recorded in `folder`, or None when it holds none; a damaged record is one line naming it."""
     path = Path(folder) / files.FAILURE
     if not path.is_file():
         return None
-    return Failure(**json.loads(path.read_text()))
+    try:
+        record = json.loads(path.read_text())
+        failure = Failure(str(record["backbone"]), int(record["seed"]), str(record["stage"]), str(record["reason"]))
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{path} is not a failure record ({error}): it needs backbone, seed, stage, reason") from None
+    if failure.stage not in STAGES:
+        raise UserError(f"{path}: stage must be one of {', '.join(STAGES)}, not {failure.stage!r}")
+    return failure
 
 
-def verdict(failures: list[Failure], total: int) -> str:
+def run_verdict(failures: list[Failure], total: int) -> str:
     """'' when every run finished, else one line naming what is missing (the pipeline's final step raises it)."""
     if not failures:
         return ""

@@ -10,16 +10,20 @@ MODEL = "model.keras"
 HISTORY = "history.csv"
 TRAIN_METRICS = "train_metrics.json"
 CHECKPOINT_DIR = "checkpoint"
-# train or evaluate, for a backbone that failed for good (cxr.failures)
+# Written instead of metrics.json by a backbone/seed that failed to train or evaluate (cxr.failures):
+# {"backbone": str, "seed": int, "stage": "train" | "evaluate", "reason": str}
 FAILURE = "failure.json"
 # evaluate
 METRICS = "metrics.json"
-PREDICTIONS = "predictions.csv"
+PREDICTIONS = "predictions.csv"  # test films
+VAL_PREDICTIONS = "val_predictions.csv"  # validation films: the ensemble's threshold is chosen on them
 ROC = "roc.csv"
 # report
 COMPARISON_PLOT = "compared_model_graph.png"  # the seed's name (its section 5)
 ROC_PLOT = "roc_curves.png"
 CONFUSION_PLOT = "confusion_matrices.png"
+CALIBRATION_PLOT = "calibration.png"  # reliability diagram
+ENSEMBLE_METRICS = "ensemble_metrics.json"  # the ensemble's metrics.json
 LEADERBOARD_CSV = "leaderboard.csv"
 LEADERBOARD_MD = "leaderboard.md"
 REPORT_HTML = "report.html"

@@ -63,6 +63,10 @@ DEVICE = "gpu"  # the pipeline's train tasks: a task that asked for a GPU and go
 
 BOOTSTRAP_SAMPLES = 1000  # resamples for the 95 % intervals; the interval ends move < 0.5 % beyond this
 CONFIDENCE = 0.95
+SIGNIFICANCE = 0.05  # DeLong p-value below which a backbone's AUC is told apart from the best one's
+# Equal-width probability bins of the expected calibration error and the reliability diagram: 15, as in Guo et al.
+# 2017 (On Calibration of Modern Neural Networks), the usual choice for comparing networks.
+CALIBRATION_BINS = 15
 
 # --- Containers and the pipeline ---------------------------------------------------------------------------
 

@@ -63,6 +63,19 @@ def test_bootstrap_interval_contains_the_estimate_and_resamples_patients():
     assert intervals["default/sensitivity"][0] <= 4 / 6 <= intervals["default/sensitivity"][1]
 
 
+def test_patient_bootstrap_resamples_whole_patients_and_pairs_its_statistics():
+    patients = np.array(["a", "a", "a", "b"])  # two patients drawn per resample: 0, 3 or 6 films of "a"
+    seen = []
+
+    def statistics(chosen: np.ndarray) -> dict[str, float]:
+        seen.append(chosen)
+        return {"films of a": float(np.sum(chosen < 3)), "copy": float(np.sum(chosen < 3))}
+
+    intervals = ev.patient_bootstrap(statistics, patients, samples=200)
+    assert all(np.sum(chosen < 3) % 3 == 0 and len(chosen) in (2, 4, 6) for chosen in seen)
+    assert intervals["films of a"] == intervals["copy"] == [0.0, 6.0]
+
+
 def test_the_threshold_is_chosen_on_validation_never_on_test():
     rng = np.random.default_rng(0)
     test = pd.DataFrame({"label": LABELS, "probability": PROBS, "patient_id": [str(i) for i in range(10)]})
@@ -76,13 +89,17 @@ def test_the_threshold_is_chosen_on_validation_never_on_test():
 def test_evaluate_writes_a_complete_result(processed_dataset, evaluated_results):
     result = evaluated_results["MobileNet"]
     metrics = json.loads((result / "metrics.json").read_text())
-    assert sorted(p.name for p in result.iterdir()) == ["history.csv", "metrics.json", "predictions.csv",
-                                                       "roc.csv", "train_metrics.json"]
+    assert sorted(p.name for p in result.iterdir()) == [".cxr-lock", ".cxr-output.json", "history.csv",
+                                                       "metrics.json", "predictions.csv", "roc.csv",
+                                                       "train_metrics.json", "val_predictions.csv"]
     assert metrics["backbone"] == "MobileNet"
     predictions = pd.read_csv(result / "predictions.csv")
     manifest = pd.read_csv(processed_dataset / "manifest.csv")
     assert list(predictions["source"]) == list(manifest[manifest["split"] == "test"]["source"])
     assert predictions["probability"].between(0, 1).all()
+    validation = pd.read_csv(result / "val_predictions.csv")  # the ensemble's threshold is chosen on these
+    assert list(validation["source"]) == list(manifest[manifest["split"] == "val"]["source"])
+    assert list(validation.columns) == list(predictions.columns)
     matrix = metrics["at_default_threshold"]["confusion_matrix"]
     assert sum(map(sum, matrix)) == metrics["test_images"] == len(predictions)
     for key in ("accuracy", "precision", "sensitivity", "specificity", "f1"):

@@ -1,19 +1,25 @@
 import io
+import json
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
 from cxr.cli import main
 from cxr.errors import UserError
-from cxr.results.report import write_report
+from cxr.results import calibration
+from cxr.results.evaluate import json_safe, roc_auc, roc_curve, summarize
+from cxr.results.report import failures, write_report
 
 EXPECTED_FILES = {"MobileNet_loss_acc_graph.png", "VGG16_loss_acc_graph.png", "compared_model_graph.png",
-                  "roc_curves.png", "confusion_matrices.png", "leaderboard.csv", "leaderboard.md", "report.html"}
+                  "roc_curves.png", "confusion_matrices.png", "calibration.png", "leaderboard.csv", "leaderboard.md",
+                  "report.html", "ensemble_metrics.json"}
 
 
 def test_report_writes_every_file_with_real_content(evaluated_results, tmp_path):
-    written = write_report(list(evaluated_results.values()), tmp_path / "report")
+    written, _ = write_report(list(evaluated_results.values()), tmp_path / "report")
     assert set(written) == EXPECTED_FILES == {p.name for p in (tmp_path / "report").iterdir()}
     for name, path in written.items():
         if name.endswith(".png"):
@@ -21,17 +27,21 @@ def test_report_writes_every_file_with_real_content(evaluated_results, tmp_path)
                 image.load()
                 assert image.size[0] >= 400 and image.size[1] >= 300
     table = pd.read_csv(written["leaderboard.csv"])
-    assert sorted(table["backbone"]) == ["MobileNet", "VGG16"]
     assert table["roc_auc"].is_monotonic_decreasing
+    assert sorted(table["backbone"]) == ["Ensemble", "MobileNet", "VGG16"]
     assert {"train_accuracy", "val_accuracy", "test_accuracy", "test_loss", "sensitivity", "specificity",
-            "roc_auc", "learning_time", "epochs"} <= set(table.columns)
+            "roc_auc", "learning_time", "epochs", "seeds", "roc_auc_std", "auc_diff_vs_best", "auc_diff_ci95_low",
+            "auc_diff_ci95_high", "delong_p_vs_best", "vs_best", "brier", "ece"} <= set(table.columns)
+    assert table["vs_best"].iloc[0] == "best" and table["auc_diff_vs_best"].iloc[0] == 0
+    assert table["delong_p_vs_best"].iloc[1:].between(0, 1).all()
     markdown = written["leaderboard.md"].read_text().splitlines()
-    assert len(markdown) == 2 + 2 and markdown[0].startswith("| backbone |")
+    assert len(markdown) == 2 + 3 + 2 and markdown[0].startswith("| backbone |")
 
 
 def test_html_report_is_self_contained(evaluated_results, tmp_path):
-    html = write_report(list(evaluated_results.values()), tmp_path / "report")["report.html"].read_text()
-    assert html.count('src="data:image/png;base64,') == 5  # comparison, ROC, confusion, two loss/acc graphs
+    html = write_report(list(evaluated_results.values()), tmp_path / "report")[0]["report.html"].read_text()
+    # comparison, ROC, calibration, confusion, two loss/acc graphs
+    assert html.count('src="data:image/png;base64,') == 6
     assert "http://" not in html and "https://" not in html
     assert "MobileNet" in html and "VGG16" in html
     import base64
@@ -45,6 +55,163 @@ def test_report_refuses_a_folder_that_is_not_a_result(tmp_path, capsys):
     assert "not a result folder" in capsys.readouterr().err
 
 
-def test_report_refuses_the_same_backbone_twice(evaluated_results, tmp_path):
-    with pytest.raises(UserError, match="same backbone"):
+def test_report_refuses_the_same_backbone_and_seed_twice(evaluated_results, tmp_path):
+    with pytest.raises(UserError, match="same backbone and seed"):
         write_report([evaluated_results["VGG16"]] * 2, tmp_path / "report")
+
+
+# Synthetic results: predictions written directly, for the tests about the statistics (no training needed).
+RNG = np.random.default_rng(11)
+TEST_FILMS = pd.DataFrame({"patient_id": [f"p{i // 2}" for i in range(120)], "source": [f"t{i:03}" for i in range(120)],
+                           "label": np.repeat(RNG.integers(0, 2, 60), 2)})
+VAL_FILMS = pd.DataFrame({"patient_id": [f"v{i}" for i in range(40)], "source": [f"v{i:03}" for i in range(40)],
+                          "label": RNG.integers(0, 2, 40)})
+
+
+def scores(films: pd.DataFrame, strength: float, seed: int) -> np.ndarray:
+    """P(pneumonia) that separates the classes the more, the larger `strength`."""
+    noise = np.random.default_rng(seed).normal(0, 1, len(films))
+    return 1 / (1 + np.exp(-(strength * (films["label"].to_numpy() - 0.5) + noise)))
+
+
+def write_result(folder: Path, backbone: str, seed: int, test: np.ndarray, val: np.ndarray) -> Path:
+    """A result folder as `cxr evaluate` writes it, from given probabilities."""
+    folder.mkdir(parents=True)
+    test_frame, val_frame = TEST_FILMS.assign(probability=test), VAL_FILMS.assign(probability=val)
+    test_frame.to_csv(folder / "predictions.csv", index=False)
+    val_frame.to_csv(folder / "val_predictions.csv", index=False)
+    roc_curve(test_frame["label"], test).to_csv(folder / "roc.csv", index=False)
+    metrics = json_safe({"backbone": backbone, **summarize(test_frame, val_frame, samples=50)})
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    best = {"loss": 0.5, "accuracy": 0.8, "val_loss": 0.6, "val_accuracy": 0.75}
+    (folder / "train_metrics.json").write_text(json.dumps({
+        "backbone": backbone, "best": best, "best_epoch": 2, "epochs_run": 3, "learning_time": "0:00:10",
+        "learning_time_seconds": 10.0, "settings": {"seed": seed}}))
+    pd.DataFrame({"epoch": [1, 2, 3], "loss": [0.7, 0.5, 0.4], "accuracy": [0.6, 0.8, 0.85],
+                  "val_loss": [0.7, 0.6, 0.65], "val_accuracy": [0.6, 0.75, 0.7]}).to_csv(folder / "history.csv",
+                                                                                          index=False)
+    return folder
+
+
+def write_failure(folder: Path, backbone: str, seed: int, stage: str, reason: str) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "failure.json").write_text(json.dumps({"backbone": backbone, "seed": seed, "stage": stage,
+                                                     "reason": reason}))
+    return folder
+
+
+def flat(value, prefix: str = "") -> dict:
+    """Nested metrics as {"a/b/0": number}, for pytest.approx."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}/").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in flat(item, f"{prefix}{i}/").items()}
+    return {prefix: float("nan") if value is None else value} if not isinstance(value, str) else {}
+
+
+def test_the_ensemble_is_the_hand_averaged_pair_evaluated_as_a_backbone(tmp_path):
+    strong = (scores(TEST_FILMS, 3, 1), scores(VAL_FILMS, 3, 2))
+    weak = (scores(TEST_FILMS, 1, 3), scores(VAL_FILMS, 1, 4))
+    dirs = [write_result(tmp_path / "a", "ResNet50", 42, *strong), write_result(tmp_path / "b", "VGG16", 42, *weak)]
+    written, _ = write_report(dirs, tmp_path / "report", samples=100)
+    averaged_test, averaged_val = (strong[0] + weak[0]) / 2, (strong[1] + weak[1]) / 2
+    expected = summarize(TEST_FILMS.assign(probability=averaged_test), VAL_FILMS.assign(probability=averaged_val),
+                         samples=100)
+    ensemble = json.loads(written["ensemble_metrics.json"].read_text())
+    assert ensemble["members"] == ["ResNet50", "VGG16"]
+    assert ensemble["thresholds"] == pytest.approx(expected["thresholds"])  # chosen on the averaged validation
+    assert flat(ensemble) == pytest.approx(flat(json_safe({"backbone": "Ensemble", "members": ensemble["members"],
+                                                           **expected})), nan_ok=True)
+    table = pd.read_csv(written["leaderboard.csv"]).set_index("backbone")
+    labels = TEST_FILMS["label"]
+    assert table.loc["Ensemble", "roc_auc"] == pytest.approx(roc_auc(labels, averaged_test))
+    assert table.loc["Ensemble", "brier"] == pytest.approx(calibration.brier_score(labels, averaged_test))
+    assert table.loc["Ensemble", "ece"] == pytest.approx(calibration.expected_calibration_error(labels, averaged_test))
+    assert "Ensemble" in written["report.html"].read_text()
+
+
+def test_a_clearly_worse_backbone_is_told_apart_and_a_near_copy_is_not(tmp_path):
+    best = scores(TEST_FILMS, 4, 1)
+    near_copy = np.clip(best + np.random.default_rng(5).normal(0, 0.005, len(best)), 0, 1)
+    worse = scores(TEST_FILMS, 0.2, 6)
+    val = scores(VAL_FILMS, 2, 7)
+    dirs = [write_result(tmp_path / name, name, 42, probabilities, val)
+            for name, probabilities in (("ResNet50", best), ("Xception", near_copy), ("MobileNet", worse))]
+    written, _ = write_report(dirs, tmp_path / "report", samples=200)
+    table = pd.read_csv(written["leaderboard.csv"]).set_index("backbone")
+    best_name = table.index[0]
+    assert best_name in ("ResNet50", "Xception")
+    other = "Xception" if best_name == "ResNet50" else "ResNet50"
+    assert table.loc[other, "vs_best"] == "indistinguishable"
+    assert table.loc["MobileNet", "vs_best"] == "lower"
+    assert table.loc["MobileNet", "delong_p_vs_best"] < 0.001
+    labels = TEST_FILMS["label"]
+    assert table.loc["MobileNet", "auc_diff_vs_best"] == pytest.approx(
+        roc_auc(labels, worse) - roc_auc(labels, best if best_name == "ResNet50" else near_copy))
+    assert table.loc["MobileNet", "auc_diff_ci95_low"] < table.loc["MobileNet", "auc_diff_vs_best"] < table.loc[
+        "MobileNet", "auc_diff_ci95_high"] < 0
+    markdown = written["leaderboard.md"].read_text()
+    tied = markdown.split(f"Cannot be told apart from the best ({best_name})")[1].split(": ")[1].rstrip(".\n")
+    assert other in tied.split(", ") and "MobileNet" not in tied
+
+
+def test_two_seeds_of_one_backbone_give_their_mean_spread_and_averaged_comparison(tmp_path):
+    seeds = {1: scores(TEST_FILMS, 1.5, 21), 2: scores(TEST_FILMS, 1.0, 22)}
+    val = scores(VAL_FILMS, 1, 23)
+    best = scores(TEST_FILMS, 4, 24)
+    dirs = [write_result(tmp_path / f"mobilenet-{seed}", "MobileNet", seed, p, val) for seed, p in seeds.items()]
+    dirs.append(write_result(tmp_path / "vgg", "VGG16", 42, best, val))
+    written, _ = write_report(dirs, tmp_path / "report", samples=100)
+    table = pd.read_csv(written["leaderboard.csv"]).set_index("backbone")
+    labels = TEST_FILMS["label"]
+    aucs = [roc_auc(labels, p) for p in seeds.values()]
+    assert table.loc["MobileNet", "seeds"] == 2 and table.loc["VGG16", "seeds"] == 1
+    assert table.loc["MobileNet", "roc_auc"] == pytest.approx(np.mean(aucs))
+    assert table.loc["MobileNet", "roc_auc_std"] == pytest.approx(abs(aucs[0] - aucs[1]) / np.sqrt(2))
+    assert table.loc["MobileNet", "test_accuracy_std"] >= 0 and np.isnan(table.loc["VGG16", "roc_auc_std"])
+    averaged = (seeds[1] + seeds[2]) / 2  # the paired comparison uses the seed-averaged probabilities
+    assert table.loc["MobileNet", "auc_diff_vs_best"] == pytest.approx(roc_auc(labels, averaged)
+                                                                       - roc_auc(labels, best))
+    ensemble = json.loads(written["ensemble_metrics.json"].read_text())
+    assert ensemble["roc_auc"]["value"] == pytest.approx(roc_auc(labels, (averaged + best) / 2))
+    assert {"MobileNet_loss_acc_graph.png", "VGG16_loss_acc_graph.png"} <= set(written)
+
+
+def test_a_failed_backbone_is_listed_and_the_rest_reported(tmp_path):
+    val = scores(VAL_FILMS, 1, 31)
+    dirs = [write_result(tmp_path / "a", "MobileNet", 42, scores(TEST_FILMS, 2, 32), val),
+            write_result(tmp_path / "b", "VGG16", 42, scores(TEST_FILMS, 1, 33), val),
+            write_failure(tmp_path / "c", "ResNet50", 7, "train", "out of GPU memory at epoch 3")]
+    written, _ = write_report(dirs, tmp_path / "report", samples=50)
+    assert [f.line() for f in failures(dirs)] == ["ResNet50 (seed 7) failed in train: out of GPU memory at epoch 3"]
+    html = written["report.html"].read_text()
+    assert '<section id="missing"><h2>Missing</h2>' in html
+    assert html.index("out of GPU memory at epoch 3") < html.index("<table")
+    assert "Missing: ResNet50 (seed 7) failed in train: out of GPU memory" in written["leaderboard.md"].read_text()
+    table = pd.read_csv(written["leaderboard.csv"]).set_index("backbone")
+    assert sorted(table.index) == ["Ensemble", "MobileNet", "VGG16"]
+    # One seed and as many resamples as evaluate drew: the report's interval is evaluate's, redone from predictions.
+    interval = json.loads((dirs[0] / "metrics.json").read_text())["roc_auc"]["ci95"]
+    assert table.loc["MobileNet", "roc_auc_ci95"] == f"{interval[0]:.3f}-{interval[1]:.3f}"
+    assert "<td>&lt;NA&gt;</td>" not in html and "<td>nan</td>" not in html
+
+
+def test_every_backbone_failed_still_writes_a_report_that_says_so(tmp_path, capsys):
+    dirs = [write_failure(tmp_path / "a", "MobileNet", 42, "train", "killed"),
+            write_failure(tmp_path / "b", "VGG16", 42, "evaluate", "no test films")]
+    assert main(["report", *map(str, dirs), "--out", str(tmp_path / "report")]) == 0
+    report = tmp_path / "report"
+    assert "No backbone finished" in (report / "leaderboard.md").read_text()
+    html = (report / "report.html").read_text()
+    assert "No backbone finished" in html and "VGG16 (seed 42) failed in evaluate: no test films" in html
+    assert pd.read_csv(report / "leaderboard.csv").empty
+    assert len(failures(dirs)) == 2
+
+
+def test_a_broken_failure_record_is_one_clear_error(tmp_path, capsys):
+    folder = write_failure(tmp_path / "a", "MobileNet", 42, "deploy", "?")
+    assert main(["report", str(folder), "--out", str(tmp_path / "report")]) == 2
+    assert "failure.json: stage must be one of train, evaluate" in capsys.readouterr().err
+    (folder / "failure.json").write_text("{")
+    with pytest.raises(UserError, match="is not a failure record"):
+        write_report([folder], tmp_path / "report")

@@ -11,6 +11,7 @@ import json
 import shutil
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ def threshold_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: 
     }
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
+def average_ranks(values: np.ndarray) -> np.ndarray:
     """1-based ranks, ties sharing their average rank."""
     order = np.argsort(values, kind="mergesort")
     ordered = values[order]
@@ -67,7 +68,7 @@ def roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
     positives, negatives = labels.sum(), (~labels).sum()
     if not positives or not negatives:
         return float("nan")
-    rank_sum = _average_ranks(np.asarray(probabilities, float))[labels].sum()
+    rank_sum = average_ranks(np.asarray(probabilities, float))[labels].sum()
     return float((rank_sum - positives * (positives + 1) / 2) / (positives * negatives))
 
 
@@ -99,29 +100,43 @@ def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def bootstrap_intervals(labels: np.ndarray, probabilities: np.ndarray, patients: np.ndarray,
-                        thresholds: dict[str, float], samples: int = settings.BOOTSTRAP_SAMPLES,
-                        seed: int = settings.SEED) -> dict[str, list[float]]:
-    """95 % percentile intervals, resampling patients (not images): a patient's films are correlated, and
-    resampling images would make the intervals too narrow. Keys: "roc_auc" and "<name>/<metric>" per threshold."""
-    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
+def patient_bootstrap(statistics: Callable[[np.ndarray], dict[str, float]], patients: np.ndarray,
+                      samples: int = settings.BOOTSTRAP_SAMPLES, seed: int = settings.SEED) -> dict[str, list[float]]:
+    """95 % percentile intervals of `statistics` (film indices -> named values), resampling patients (not films):
+    a patient's films are correlated, and resampling films would make the intervals too narrow. Every statistic
+    sees the same resamples, so values computed together (two models on the same films) stay paired."""
     _, patient_codes = np.unique(np.asarray(patients), return_inverse=True)
-    images_of = [np.flatnonzero(patient_codes == code) for code in range(patient_codes.max() + 1)]
+    films_of = [np.flatnonzero(patient_codes == code) for code in range(patient_codes.max() + 1)]
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {}
     for _ in range(samples):
-        chosen = np.concatenate([images_of[i] for i in rng.integers(len(images_of), size=len(images_of))])
+        chosen = np.concatenate([films_of[i] for i in rng.integers(len(films_of), size=len(films_of))])
+        for key, value in statistics(chosen).items():
+            draws.setdefault(key, []).append(value)
+    return {key: percentile_interval(np.asarray(values)) for key, values in draws.items()}
+
+
+def bootstrap_intervals(labels: np.ndarray, probabilities: np.ndarray, patients: np.ndarray,
+                        thresholds: dict[str, float], samples: int = settings.BOOTSTRAP_SAMPLES,
+                        seed: int = settings.SEED) -> dict[str, list[float]]:
+    """Patient-bootstrap intervals of the ROC AUC and of every threshold metric. Keys: "roc_auc" and
+    "<name>/<metric>" per threshold."""
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
+
+    def statistics(chosen: np.ndarray) -> dict[str, float]:
         y, p = labels[chosen], probabilities[chosen]
-        draws.setdefault("roc_auc", []).append(roc_auc(y, p))
+        values = {"roc_auc": roc_auc(y, p)}
         for name, threshold in thresholds.items():
-            for metric, value in threshold_metrics(y, p, threshold).items():
-                draws.setdefault(f"{name}/{metric}", []).append(value)
+            values.update({f"{name}/{metric}": v for metric, v in threshold_metrics(y, p, threshold).items()})
+        return values
+
+    return patient_bootstrap(statistics, patients, samples, seed)
+
+
+def percentile_interval(values: np.ndarray) -> list[float]:
+    """The central settings.CONFIDENCE percentile interval of the defined draws (a resample without positives
+    has no sensitivity)."""
     alpha = (1 - settings.CONFIDENCE) / 2
-    return {key: _interval(np.asarray(values), alpha) for key, values in draws.items()}
-
-
-def _interval(values: np.ndarray, alpha: float) -> list[float]:
-    """Percentile interval of the defined draws (a resample without positives has no sensitivity)."""
     defined = values[~np.isnan(values)]
     if not defined.size:
         return [float("nan"), float("nan")]
@@ -188,9 +203,10 @@ def predict(model, data_dir: Path, split: str, image_size: int, batch_size: int)
 
 def evaluate(data_dir: Path, model_dir: Path, out: Path, batch_size: int = settings.BATCH_SIZE,
              samples: int = settings.BOOTSTRAP_SAMPLES) -> dict:
-    """Evaluate model_dir's model.keras on the test split; write metrics.json, predictions.csv and roc.csv to
-    `out`, with the training's history.csv and train_metrics.json beside them, so that `out` is one complete
-    result for `cxr report`. A rerun on a finished `out` reuses it."""
+    """Evaluate model_dir's model.keras on the test split; write metrics.json, predictions.csv, roc.csv and
+    val_predictions.csv (on which the report's ensemble chooses its threshold) to `out`, with the training's
+    history.csv and train_metrics.json beside them, so that `out` is one complete result for `cxr report`.
+    A rerun on a finished `out` reuses it."""
     model_dir, out = Path(model_dir), Path(out)
     if not 1 <= batch_size <= settings.MAX_BATCH_SIZE:
         raise UserError(f"--batch-size must be between 1 and {settings.MAX_BATCH_SIZE}, got {batch_size}")
@@ -234,6 +250,7 @@ def _evaluate(data_dir: Path, model_dir: Path, trained: dict, out: Path, batch_s
 
     out.mkdir(parents=True, exist_ok=True)
     test.to_csv(out / files.PREDICTIONS, index=False)
+    val.to_csv(out / files.VAL_PREDICTIONS, index=False)
     roc_curve(test["label"], test["probability"]).to_csv(out / files.ROC, index=False)
     for name in (files.TRAIN_METRICS, files.HISTORY):
         if model_dir.resolve() != out.resolve():
