@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from cxr import files, settings  # noqa: E402
 from cxr.errors import UserError  # noqa: E402
 from cxr.failures import Failure, read_failure  # noqa: E402
+from cxr.outputs import OWN_FILES, claim, read_json  # noqa: E402
 from cxr.results import calibration, compare  # noqa: E402
 from cxr.results.evaluate import (  # noqa: E402
     DEFAULT_THRESHOLD,
@@ -90,8 +92,7 @@ def load_result(folder: Path) -> Result:
         if not (folder / name).is_file():
             raise UserError(f"missing {folder / name}: not a result folder of `cxr evaluate` (nor a failure; a "
                             "result from before val_predictions.csv existed needs `cxr evaluate` again)")
-    metrics, training = json.loads((folder / files.METRICS).read_text()), json.loads(
-        (folder / files.TRAIN_METRICS).read_text())
+    metrics, training = read_json(folder / files.METRICS), read_json(folder / files.TRAIN_METRICS)
     return Result(metrics["backbone"], int(training["settings"]["seed"]), folder, training,
                   pd.read_csv(folder / files.HISTORY), metrics, pd.read_csv(folder / files.PREDICTIONS),
                   pd.read_csv(folder / files.VAL_PREDICTIONS))
@@ -411,9 +412,17 @@ def write_report(result_dirs: Sequence[Path], out: Path, samples: int = settings
                      key=lambda r: (r.backbone, r.seed))
     _refuse_duplicates(results)
     out = Path(out)
-    if (out / files.REPORT_HTML).exists():
-        raise UserError(f"{out / files.REPORT_HTML} exists already; choose another --out folder")
-    out.mkdir(parents=True, exist_ok=True)
+    with claim(out, "report", {"results": sorted(str(Path(d).resolve()) for d in result_dirs),
+                               "samples": samples}) as output:
+        if output.finished and (out / files.REPORT_HTML).is_file():
+            print(f"report: {out} already holds this report; reusing it", file=sys.stderr)
+            return {p.name: p for p in sorted(out.iterdir()) if p.name not in OWN_FILES}, missing
+        written = _write(results, missing, out, samples)
+        output.finish()
+    return written, missing
+
+
+def _write(results: list[Result], missing: list[Failure], out: Path, samples: int) -> dict[str, Path]:
     written = {name: out / name for name in (files.LEADERBOARD_CSV, files.LEADERBOARD_MD, files.REPORT_HTML)}
     table, images = pd.DataFrame(columns=COLUMNS), []
     if results:
@@ -438,4 +447,4 @@ def write_report(result_dirs: Sequence[Path], out: Path, samples: int = settings
     table.to_csv(written[files.LEADERBOARD_CSV], index=False)
     written[files.LEADERBOARD_MD].write_text(to_markdown(table, missing))
     written[files.REPORT_HTML].write_text(render_html(table, images, missing))
-    return written, missing
+    return written
