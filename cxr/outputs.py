@@ -70,6 +70,12 @@ def make_folder(folder: Path, option: str) -> None:
         raise UserError(f"{option} {folder}: not writable")
 
 
+def _refuse_foreign(folder: Path, option: str) -> None:
+    if not (folder / RECORD).is_file() and any(p.name not in OWN_FILES for p in folder.iterdir()):
+        raise UserError(f"{option} {folder} is not empty and was not written by cxr; choose an empty or new "
+                        "folder (nothing in it is changed)")
+
+
 def _lock(folder: Path, option: str):
     try:
         handle = open(folder / LOCK, "a+")  # noqa: SIM115 - held until release, beyond this function
@@ -96,12 +102,11 @@ def claim(folder: Path, command: str, settings: dict | None = None, option: str 
     """
     folder = Path(folder)
     make_folder(folder, option)
+    _refuse_foreign(folder, option)  # before the lock file: nothing is added to someone else's folder
     handle = _lock(folder, option)
     try:
+        _refuse_foreign(folder, option)
         records = _read_records(folder)
-        if not records and any(p.name not in OWN_FILES for p in folder.iterdir()):
-            raise UserError(f"{option} {folder} is not empty and was not written by cxr; choose an empty or new "
-                            "folder (nothing in it is changed)")
         wanted = json.loads(json.dumps(settings or {}, sort_keys=True, default=str))
         previous = records.get(command)
         if previous is not None and previous["settings"] != wanted:
