@@ -158,7 +158,7 @@ def test_asking_for_a_gpu_without_one_stops_at_once_with_one_line(processed_data
     assert result.returncode == 2
     error = [line for line in result.stderr.splitlines() if line.startswith("cxr train")]
     assert len(error) == 1 and "--device gpu: no GPU is visible" in error[0]
-    assert not (tmp_path / "run" / "model.keras").exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_diverging_training_stops_with_one_line_and_no_model(processed_dataset, tmp_path, capsys):

@@ -185,6 +185,7 @@ def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | 
     backbone = get_backbone(options.backbone)
     options = dataclasses.replace(options, backbone=backbone.name)
     size = input_size(backbone, options.image_size)
+    device_used = select_device(device)  # before any file is written: a pod without its GPU stops here
     wanted = dataclasses.asdict(options)
     with claim(out, "train", wanted) as output:
         if output.finished and (out / files.MODEL).is_file() and (out / files.TRAIN_METRICS).is_file():
@@ -193,7 +194,7 @@ def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | 
         counts = split_counts(data_dir)
         checkpoint = Path(checkpoint) if checkpoint else out / files.CHECKPOINT_DIR
         with claim(checkpoint, "train", wanted, option="--checkpoint"):
-            model, metrics = _fit(data_dir, checkpoint, options, backbone.name, size, counts, device)
+            model, metrics = _fit(data_dir, checkpoint, options, backbone.name, size, counts, device_used)
         model.save(out / files.MODEL)
         pd.DataFrame(metrics.pop("history"), columns=HISTORY_COLUMNS).to_csv(out / files.HISTORY, index=False)
         _atomic_write(out / files.TRAIN_METRICS, json.dumps(metrics, indent=2))
@@ -202,9 +203,9 @@ def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | 
 
 
 def _fit(data_dir: Path, checkpoint: Path, options: TrainSettings, name: str, size: int,
-         counts: dict[str, dict[str, int]], device: str) -> tuple[keras.Model, dict]:
-    """Train (or resume) in `checkpoint`; return the model at its best epoch and the metrics with the history."""
-    device_used = select_device(device)
+         counts: dict[str, dict[str, int]], device_used: str) -> tuple[keras.Model, dict]:
+    """Train (or resume) in `checkpoint` on `device_used` ("CPU" or a GPU's name); return the model at its best
+    epoch and the metrics with the history."""
     on_gpu = device_used != "CPU"
     mixed = on_gpu if options.mixed_precision is None else options.mixed_precision
     xla = on_gpu if options.xla is None else options.xla
