@@ -94,3 +94,21 @@ def test_frozen_backbone_trains_the_head_only():
     model = build_model(get_backbone("mobilenet"), 32, weights="none", freeze_backbone=True)
     trainable = {w.path.split("/")[0] for w in model.trainable_weights}
     assert trainable == {"dense", "pneumonia"}
+
+
+def test_plan_lists_every_backbone_and_seed_and_refuses_repeats():
+    from cxr.training.backbones import plan_runs
+
+    assert plan_runs(["vgg16", "MobileNet"], [42, 7.0]) == [
+        {"backbone": "VGG16", "seed": 42}, {"backbone": "VGG16", "seed": 7},
+        {"backbone": "MobileNet", "seed": 42}, {"backbone": "MobileNet", "seed": 7}]
+    with pytest.raises(UserError, match=r"MobileNet is listed more than once \(MobileNet, mobilenet\)"):
+        plan_runs(["MobileNet", "mobilenet"], [42])
+    with pytest.raises(UserError, match="valid: MobileNet"):
+        plan_runs(["AlexNet"], [42])
+    with pytest.raises(UserError, match="a seed is repeated"):
+        plan_runs(["VGG16"], [1, 1])
+    with pytest.raises(UserError, match="whole numbers"):
+        plan_runs(["VGG16"], [1.5])
+    with pytest.raises(UserError, match="empty"):
+        plan_runs([], [42])
