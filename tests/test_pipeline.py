@@ -138,7 +138,8 @@ def local_runner(tmp_path_factory):
 def test_ingest_component(local_runner, synthetic_archive):
     task = ingest_dataset(source=str(synthetic_archive), cache="")
     raw = task.outputs["raw"]
-    assert sorted(p.name for p in Path(raw.path).iterdir()) == ["ingest.json", "test", "train", "val"]
+    assert sorted(p.name for p in Path(raw.path).iterdir()) == [".cxr-lock", ".cxr-output.json", "ingest.json",
+                                                               "test", "train", "val"]
     assert raw.metadata["images"] == sum(1 for _ in Path(synthetic_archive).rglob("*.jpeg"))
     assert raw.metadata["duplicates_dropped"] == 0
 
@@ -224,8 +225,10 @@ def test_the_verdict_passes_a_complete_run_and_fails_a_partial_one(local_runner)
         verdict(missing="1 of 5 trainings failed: VGG16 (seed 42) failed in train: killed")
 
 
-def test_a_backbone_listed_twice_is_refused_before_ingest(local_runner, tmp_path):
+def test_a_backbone_listed_twice_is_refused_before_ingest(local_runner, synthetic_archive, tmp_path):
+    root = Path(local.config.LocalExecutionConfig.instance.pipeline_root)
+    ingested_before = set(root.rglob("ingest.json"))
     with pytest.raises(RuntimeError):
-        chest_xray_benchmark(source=str(tmp_path / "nothing-here"), backbones=["MobileNet", "mobilenet"],
+        chest_xray_benchmark(source=str(synthetic_archive), backbones=["MobileNet", "mobilenet"],
                              device="cpu", checkpoint_root=str(tmp_path / "ckpt"))
-    assert not list(Path(local.config.LocalExecutionConfig.instance.pipeline_root).rglob("ingest.json"))
+    assert set(root.rglob("ingest.json")) == ingested_before  # ingest never ran
