@@ -56,6 +56,11 @@ FROM_SCRATCH_BN_MOMENTUM = 0.9
 BOOTSTRAP_SAMPLES = 1000  # resamples for the 95 % intervals; the interval ends move < 0.5 % beyond this
 CONFIDENCE = 0.95
 
+# --- Explanations ------------------------------------------------------------------------------------------
+
+# Films in each Grad-CAM panel: two of each outcome (true/false positive/negative) fit one readable figure.
+EXPLAIN_FILMS = 8
+
 # --- Containers and the pipeline ---------------------------------------------------------------------------
 
 VERSION = importlib.metadata.version("cxr-bench")  # pyproject.toml's, the one place it is written

@@ -23,6 +23,7 @@ import tensorflow as tf
 from cxr import files, settings
 from cxr.data.reader import read_split, split_counts
 from cxr.errors import UserError
+from cxr.serving.trained import write_preprocessing
 from cxr.training.backbones import get_backbone, input_size
 from cxr.training.model import build_model
 
@@ -244,6 +245,7 @@ def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | 
         "settings": dataclasses.asdict(options),
     }
     model.save(out / files.MODEL)
+    write_preprocessing(out, data_dir, size)  # what `cxr predict` and `cxr export` must repeat on new films
     history.to_csv(out / files.HISTORY, index=False)
     _atomic_write(out / files.TRAIN_METRICS, json.dumps(metrics, indent=2))  # last: marks the training finished
     return metrics
