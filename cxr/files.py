@@ -45,3 +45,7 @@ def gradcam_heatmaps(backbone: str) -> str:
 
 def gradcam_films(backbone: str) -> str:
     return f"{backbone}_gradcam.csv"  # one row per heatmap in the .npy, in its order
+
+
+def explained_films(backbone: str) -> str:
+    return f"{backbone}_films.npy"  # the films under the heatmaps, uint8, as the model saw them
