@@ -128,8 +128,8 @@ def choose_films(predictions: pd.DataFrame, threshold: float, count: int) -> pd.
         for outcome in OUTCOMES:
             if ranked[outcome] and len(chosen) < count:
                 chosen.append(ranked[outcome].pop(0))
-    return table.loc[chosen].assign(rank=range(len(chosen))).sort_values(
-        ["outcome", "rank"], key=lambda c: c.map(OUTCOMES.index) if c.name == "outcome" else c).drop(columns="rank")
+    picked = table.loc[chosen]
+    return picked.iloc[sorted(range(len(picked)), key=lambda i: OUTCOMES.index(picked["outcome"].iloc[i]))]
 
 
 def shared_films(predictions: pd.DataFrame, count: int) -> list[str]:
