@@ -6,6 +6,9 @@
     cxr train --data DIR --backbone NAME --out DIR
     cxr evaluate --data DIR --model DIR --out DIR
     cxr report RESULT_DIR... --out DIR
+    cxr explain --data DIR --model DIR --result DIR --out DIR   Grad-CAM panels and the pointing game
+    cxr predict --model DIR FILM...        P(pneumonia) and the decision for new films
+    cxr export --model DIR --out DIR       a SavedModel for TF Serving and KServe
     cxr submit / upload / cluster-ready / kaggle-secret   the cluster path (make run, make upload, make deploy)
     cxr gpus                               the GPUs this process sees
 """
@@ -77,6 +80,37 @@ def _report(args: argparse.Namespace) -> None:
     for failure in failures:
         print(f"report: missing {failure.line()}", file=sys.stderr)
     print(f"wrote {len(written)} files; open {written['report.html']}")
+
+
+def _explain(args: argparse.Namespace) -> None:
+    from cxr.results.explain import explain
+
+    summary = explain(args.data, args.model, args.result, args.out, films=args.films, lesions=args.lesions)
+    game = summary.get("pointing_game")
+    print(f"{summary['backbone']}: Grad-CAM of {summary['layer']} for {len(summary['films'])} test films -> {args.out}"
+          + (f"; pointing game {game['hit_rate']:.3f} on {game['films']} films (random {game['random_rate']:.3f})"
+             if game else ""))
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from cxr.serving.predict import predict_files, write_predictions
+
+    if args.out is not None and args.out.exists():
+        raise UserError(f"{args.out} exists already; choose another --out")
+    table = predict_files(args.model, args.films, result_dir=args.result, threshold=args.threshold,
+                          batch_size=args.batch_size)
+    write_predictions(table, args.out)
+    failed = int((table["error"] != "").sum())
+    if args.out is not None or failed:
+        print(f"predicted {len(table) - failed} film(s)" + (f", {failed} unreadable" if failed else "")
+              + (f" -> {args.out}" if args.out is not None else ""), file=sys.stderr)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from cxr.serving.export import export
+
+    path = export(args.model, args.out, result_dir=args.result, threshold=args.threshold)
+    print(f"exported the SavedModel to {path} (signature serving_default: image_bytes -> probability, decision)")
 
 
 def _submit(args: argparse.Namespace) -> None:
@@ -186,6 +220,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("report", _report, "compare evaluated backbones: graphs, leaderboard, report.html")
     sub.add_argument("results", nargs="+", type=Path, metavar="RESULT_DIR", help="--out folders of `cxr evaluate`")
     sub.add_argument("--out", required=True, type=Path)
+
+    sub = command("explain", _explain, "Grad-CAM of test films and, with --lesions, the pointing game")
+    sub.add_argument("--data", required=True, type=Path, help="the folder `cxr preprocess` wrote")
+    sub.add_argument("--model", required=True, type=Path, help="the --out folder of `cxr train`")
+    sub.add_argument("--result", type=Path, help="the --out folder of `cxr evaluate` (default: --model)")
+    sub.add_argument("--out", required=True, type=Path)
+    sub.add_argument("--films", type=int, default=settings.EXPLAIN_FILMS, help="films in the panel")
+    sub.add_argument("--lesions", type=Path, help="lesions.csv (written by `cxr synth`) for the pointing game")
+
+    threshold_help = "decision threshold (default: thresholds.validation of --result's metrics.json)"
+    sub = command("predict", _predict, "P(pneumonia) and the decision at the validation threshold for films")
+    sub.add_argument("films", nargs="+", type=Path, metavar="FILM", help="JPEG or PNG files")
+    sub.add_argument("--model", required=True, type=Path, help="the --out folder of `cxr train`")
+    sub.add_argument("--result", type=Path, help="the --out folder of `cxr evaluate` (default: --model)")
+    sub.add_argument("--threshold", type=float, help=threshold_help)
+    sub.add_argument("--out", type=Path, help="CSV to write (never over an existing file); default stdout")
+    sub.add_argument("--batch-size", type=int, default=settings.BATCH_SIZE)
+
+    sub = command("export", _export, "a TensorFlow SavedModel taking encoded JPEG/PNG bytes, for TF Serving/KServe")
+    sub.add_argument("--model", required=True, type=Path, help="the --out folder of `cxr train`")
+    sub.add_argument("--result", type=Path, help="the --out folder of `cxr evaluate` (default: --model)")
+    sub.add_argument("--threshold", type=float, help=threshold_help)
+    sub.add_argument("--out", required=True, type=Path, help="a new folder; the model goes to OUT/1/")
 
     package = Path("pipelines/chest_xray_benchmark.yaml")
     sub = command("submit", _submit, "submit the compiled pipeline to KFP, wait, print the run's URL and state")

@@ -8,6 +8,7 @@ STATS = "stats.json"
 # train
 MODEL = "model.keras"
 HISTORY = "history.csv"
+PREPROCESSING = "preprocessing.json"  # the sizes a film is decoded and resized to: what predict and export repeat
 TRAIN_METRICS = "train_metrics.json"
 CHECKPOINT_DIR = "checkpoint"
 # Written instead of metrics.json by a backbone/seed that failed to train or evaluate (cxr.failures):
@@ -18,6 +19,13 @@ METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"  # test films
 VAL_PREDICTIONS = "val_predictions.csv"  # validation films: the ensemble's threshold is chosen on them
 ROC = "roc.csv"
+# synth
+LESIONS = "lesions.csv"  # the box of every opacity drawn, beside the chest_xray/ splits
+# explain
+EXPLAIN_SUMMARY = "explain.json"
+GRADCAM_COMPARISON = "gradcam_comparison.png"
+# export
+SAVED_MODEL = "saved_model"  # the folder TF Serving and KServe load (with a version subfolder, 1/)
 # report
 COMPARISON_PLOT = "compared_model_graph.png"  # the seed's name (its section 5)
 ROC_PLOT = "roc_curves.png"
@@ -31,3 +39,19 @@ REPORT_HTML = "report.html"
 
 def loss_acc_graph(backbone: str) -> str:
     return f"{backbone}_loss_acc_graph.png"  # the seed's name (its section 4)
+
+
+def gradcam_panel(backbone: str) -> str:
+    return f"{backbone}_gradcam.png"
+
+
+def gradcam_heatmaps(backbone: str) -> str:
+    return f"{backbone}_gradcam.npy"
+
+
+def gradcam_films(backbone: str) -> str:
+    return f"{backbone}_gradcam.csv"  # one row per heatmap in the .npy, in its order
+
+
+def explained_films(backbone: str) -> str:
+    return f"{backbone}_films.npy"  # the films under the heatmaps, uint8, as the model saw them

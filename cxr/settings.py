@@ -68,6 +68,11 @@ SIGNIFICANCE = 0.05  # DeLong p-value below which a backbone's AUC is told apart
 # 2017 (On Calibration of Modern Neural Networks), the usual choice for comparing networks.
 CALIBRATION_BINS = 15
 
+# --- Explanations ------------------------------------------------------------------------------------------
+
+# Films in each Grad-CAM panel: two of each outcome (true/false positive/negative) fit one readable figure.
+EXPLAIN_FILMS = 8
+
 # --- Containers and the pipeline ---------------------------------------------------------------------------
 
 VERSION = importlib.metadata.version("cxr-bench")  # pyproject.toml's, the one place it is written

@@ -34,7 +34,9 @@ def test_overlays_build_and_validate_against_the_kubernetes_schemas(overlay):
 
 
 def test_every_plain_manifest_validates():
-    manifests = [p for p in (ROOT / "k8s").rglob("*.yaml") if p.name != "kustomization.yaml"]
+    # KServe's InferenceService is a custom resource, not in the Kubernetes schemas: tests/test_export.py checks it.
+    manifests = [p for p in (ROOT / "k8s").rglob("*.yaml")
+                 if p.name != "kustomization.yaml" and p.parent.name != "serving"]
     assert manifests
     for path in manifests:
         for resource in yaml.safe_load_all(path.read_text()):

@@ -1,6 +1,8 @@
 import hashlib
 from collections import Counter
 
+import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -56,3 +58,26 @@ def test_an_existing_archive_is_never_overwritten(tmp_path):
 def test_bad_settings_are_refused(tmp_path, per_class, low, high):
     with pytest.raises(UserError):
         synthesize(tmp_path, per_class=per_class, seed=1, min_size=low, max_size=high)
+
+
+def test_lesions_csv_boxes_every_opacity_in_the_written_films_pixels(synthetic_archive):
+    root = synthetic_archive / "chest_xray"
+    lesions = pd.read_csv(root / "lesions.csv")
+    assert list(lesions.columns) == ["file", "width", "height", "x_min", "y_min", "x_max", "y_max"]
+    films = {p.relative_to(root).as_posix() for p in root.rglob("*.jpeg")}
+    pneumonia = {f for f in films if "/PNEUMONIA/" in f}
+    assert set(lesions["file"]) == pneumonia  # every pneumonia film has a box, no normal film has one
+    contrasts = []
+    for row in lesions.itertuples():
+        with Image.open(root / row.file) as image:
+            pixels = np.asarray(image.convert("L"), dtype=float)
+        assert (row.height, row.width) == pixels.shape
+        assert 0 <= row.x_min < row.x_max <= row.width and 0 <= row.y_min < row.y_max <= row.height
+        rows = slice(int(row.y_min), int(np.ceil(row.y_max)))
+        inside = pixels[rows, int(row.x_min):int(np.ceil(row.x_max))].mean()
+        # The same box mirrored onto the other side of the chest: lung without the patch (or spine).
+        mirrored = pixels[rows, row.width - int(np.ceil(row.x_max)):row.width - int(row.x_min)].mean()
+        contrasts.append(inside - mirrored)
+    # The patch adds 60-90 grey levels at its centre; a box in the wrong place or scale would not see it.
+    assert np.median(contrasts) > 20
+    assert np.mean(np.array(contrasts) > 0) > 0.9

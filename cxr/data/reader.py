@@ -40,15 +40,26 @@ def split_counts(data_dir: Path) -> dict[str, dict[str, int]]:
     return json.loads(path.read_text())["counts"]
 
 
+def resize_film(image: tf.Tensor, size: int) -> tf.Tensor:
+    """A uint8 film [height, width, 1] (or a batch of them) as uint8 at size x size: what the model sees.
+
+    Training, evaluation, `cxr predict` and the exported SavedModel all call this, so they see the same pixels.
+    """
+    # Antialiased: a 299-px film read at 224 px keeps its fine texture without aliasing.
+    image = tf.image.resize(image, (size, size), method="bilinear", antialias=True)
+    return tf.cast(tf.round(image), tf.uint8)
+
+
+def decode_film(png: tf.Tensor, size: int) -> tf.Tensor:
+    """A stored film (the PNG bytes `cxr preprocess` writes) as uint8 [size, size, 1]."""
+    return resize_film(tf.io.decode_png(png, channels=1), size)
+
+
 def _decode(size: int) -> Callable:
     def decode(record: tf.Tensor) -> dict[str, tf.Tensor]:
         example = tf.io.parse_single_example(record, _FEATURES)
-        image = tf.io.decode_png(example["image"], channels=1)
-        # Antialiased: a 299-px film read at 224 px keeps its fine texture without aliasing.
-        image = tf.image.resize(image, (size, size), method="bilinear", antialias=True)
-        image = tf.cast(tf.round(image), tf.uint8)
-        return {"image": image, "label": example["label"], "patient_id": example["patient_id"],
-                "source": example["source"]}
+        return {"image": decode_film(example["image"], size), "label": example["label"],
+                "patient_id": example["patient_id"], "source": example["source"]}
 
     return decode
 

@@ -23,7 +23,7 @@ from cxr import files, settings
 from cxr.data.reader import read_split, split_counts
 from cxr.devices import select_device
 from cxr.errors import UserError
-from cxr.outputs import claim
+from cxr.serving.trained import write_preprocessing
 from cxr.training.backbones import get_backbone, input_size
 from cxr.training.model import build_model
 
@@ -196,6 +196,7 @@ def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | 
         with claim(checkpoint, "train", wanted, option="--checkpoint"):
             model, metrics = _fit(data_dir, checkpoint, options, backbone.name, size, counts, device_used)
         model.save(out / files.MODEL)
+        write_preprocessing(out, data_dir, size)  # what `cxr predict` and `cxr export` must repeat on new films
         pd.DataFrame(metrics.pop("history"), columns=HISTORY_COLUMNS).to_csv(out / files.HISTORY, index=False)
         _atomic_write(out / files.TRAIN_METRICS, json.dumps(metrics, indent=2))
         output.finish()

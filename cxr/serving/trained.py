@@ -1,0 +1,92 @@
+"""A trained model folder as the serving side needs it: the model, the preprocessing it was trained with and
+the decision threshold chosen on validation.
+
+`cxr train` writes model.keras, train_metrics.json and preprocessing.json; `cxr evaluate` writes metrics.json
+with the threshold (`thresholds.validation`). The two may share a folder, or not: the threshold is taken from,
+in this order, an explicit value, a result folder, or a metrics.json beside the model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cxr import files
+from cxr.errors import UserError
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The two resizes a film goes through: to the stored size (`cxr preprocess`), then to the model's input."""
+
+    processed_size: int  # stats.json settings.image_size of the data the model was trained on
+    image_size: int  # the model's input
+
+
+def write_preprocessing(model_dir: Path, data_dir: Path, image_size: int) -> None:
+    """Record in model_dir what preprocessing a model trained on data_dir at image_size expects."""
+    stats = json.loads((Path(data_dir) / files.STATS).read_text())
+    prep = Preprocessing(int(stats["settings"]["image_size"]), int(image_size))
+    (Path(model_dir) / files.PREPROCESSING).write_text(json.dumps(prep.__dict__, indent=2))
+
+
+def read_preprocessing(model_dir: Path) -> Preprocessing:
+    path = Path(model_dir) / files.PREPROCESSING
+    if not path.is_file():
+        raise UserError(f"missing {path}: --model must be a folder `cxr train` wrote (retrain models older than "
+                        "this file)")
+    return Preprocessing(**json.loads(path.read_text()))
+
+
+def load_model(model_dir: Path):
+    """model_dir's model.keras rebuilt in float32: a model trained in mixed precision on a GPU predicts at full
+    speed and precision on a CPU, and gives the probabilities `cxr evaluate` gives."""
+    import keras
+
+    from cxr.training.backbones import get_backbone
+    from cxr.training.model import build_model
+
+    model_dir = Path(model_dir)
+    for name in (files.MODEL, files.TRAIN_METRICS):
+        if not (model_dir / name).is_file():
+            raise UserError(f"missing {model_dir / name}: --model must be a folder `cxr train` wrote")
+    trained = json.loads((model_dir / files.TRAIN_METRICS).read_text())
+    keras.mixed_precision.set_global_policy("float32")
+    head = trained["settings"]
+    model = build_model(get_backbone(trained["backbone"]), trained["image_size"], dense_units=head["dense_units"],
+                        dropout=head["dropout"], weights="none")
+    model.load_weights(model_dir / files.MODEL)
+    return model
+
+
+def backbone_name(model_dir: Path) -> str:
+    return json.loads((Path(model_dir) / files.TRAIN_METRICS).read_text())["backbone"]
+
+
+def find_threshold(model_dir: Path, result_dir: Path | None = None, threshold: float | None = None) -> float:
+    """The decision threshold: `threshold` when given, else `thresholds.validation` of result_dir's metrics.json,
+    else of a metrics.json in model_dir (train and evaluate writing to one folder)."""
+    if threshold is not None:
+        if not 0 <= threshold <= 1:
+            raise UserError(f"--threshold must be in [0, 1], got {threshold}")
+        return float(threshold)
+    folder = Path(result_dir) if result_dir is not None else Path(model_dir)
+    path = folder / files.METRICS
+    if not path.is_file():
+        raise UserError(f"no {files.METRICS} in {folder}: pass --result (the --out folder of `cxr evaluate`) or "
+                        "--threshold")
+    return float(json.loads(path.read_text())["thresholds"]["validation"])
+
+
+def read_film(path: Path, prep: Preprocessing) -> np.ndarray:
+    """A JPEG or PNG file of any size and mode as the model's input, uint8 [size, size, 1], through the same
+    functions as `cxr preprocess` and the training reader. Raises UnreadableImage or OSError."""
+    from cxr.data.images import decode_resized
+    from cxr.data.reader import decode_film
+
+    stored = decode_resized(Path(path).read_bytes(), prep.processed_size)
+    return decode_film(stored, prep.image_size).numpy()
+

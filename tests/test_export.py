@@ -1,0 +1,134 @@
+"""`cxr export`: the SavedModel, loaded with tf.saved_model.load as TF Serving loads it, serves encoded films."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from cxr import files
+from cxr.cli import main
+from cxr.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def trained(processed_dataset, tmp_path_factory):
+    """MobileNet trained one epoch at 32 px, evaluated into the same folder."""
+    from cxr.results.evaluate import evaluate
+    from cxr.training.train import TrainSettings, train
+
+    folder = tmp_path_factory.mktemp("export") / "MobileNet"
+    train(processed_dataset, folder, TrainSettings("MobileNet", epochs=1, image_size=32, weights="none"))
+    evaluate(processed_dataset, folder, folder, samples=20)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("serving") / "pneumonia"
+    assert main(["export", "--model", str(trained), "--out", str(out)]) == 0
+    return out
+
+
+def _films(raw_dataset, tmp_path) -> list:
+    """Test films as they come (JPEG, mostly grayscale, some RGB) plus other modes a user may send."""
+    films = sorted(raw_dataset.glob("test/*/*.jpeg"))
+    with Image.open(films[0]) as image:
+        gray = np.asarray(image.convert("L"))
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(gray).convert("RGB").save(rgb)
+    sixteen = tmp_path / "sixteen-bit.png"  # 12 bits used of 16, as X-ray detectors write them
+    Image.fromarray(gray.astype(np.uint16) * 16 + 100).save(sixteen)
+    return [*films, rgb, sixteen]
+
+
+def test_the_signature_takes_encoded_films_and_agrees_with_predict(trained, exported, raw_dataset, tmp_path):
+    import tensorflow as tf
+
+    films = _films(raw_dataset, tmp_path)
+    loaded = tf.saved_model.load(str(exported / "1"))
+    serve = loaded.signatures["serving_default"]
+    assert list(serve.structured_input_signature[1]) == ["image_bytes"]
+    outputs = serve(image_bytes=tf.constant([f.read_bytes() for f in films]))
+    assert set(outputs) == {"probability", "decision"}
+
+    predicted = tmp_path / "predicted.csv"
+    assert main(["predict", "--model", str(trained), "--out", str(predicted), *map(str, films)]) == 0
+    expected = pd.read_csv(predicted)
+    probability = outputs["probability"].numpy()
+    assert probability.shape == (len(films),) and probability.dtype == np.float32
+    difference = np.abs(probability - expected["probability"].to_numpy())
+    print(f"SavedModel vs cxr predict: max |difference| {difference.max():.5f} over {len(films)} films")
+    assert difference.max() < 0.02, difference.max()
+    threshold = json.loads((trained / files.METRICS).read_text())["thresholds"]["validation"]
+    decisions = [d.decode() for d in outputs["decision"].numpy()]
+    assert decisions == ["PNEUMONIA" if p >= threshold else "NORMAL" for p in probability]
+
+
+def test_the_graphs_preprocessing_sees_the_pixels_training_saw(trained, raw_dataset, tmp_path):
+    """Pixel by pixel against `cxr predict`'s path (PIL decode and resize, then the reader's resize): a check the
+    probabilities of a barely trained model could not make."""
+    import tensorflow as tf
+
+    from cxr.serving.export import film_in_graph
+    from cxr.serving.trained import read_film, read_preprocessing
+
+    prep = read_preprocessing(trained)
+    for film in _films(raw_dataset, tmp_path):
+        in_graph = film_in_graph(tf.constant(film.read_bytes()), prep).numpy().astype(float)
+        expected = read_film(film, prep).astype(float)
+        assert in_graph.shape == expected.shape == (prep.image_size, prep.image_size, 1)
+        # Same DCT scale and IDCT, PIL's two-pass resize repeated: at most one grey level on a few pixels (PIL's
+        # fixed-point weights). TensorFlow's default fast IDCT, one-pass resize or 16-bit conversion fail this.
+        difference = np.abs(in_graph - expected)
+        assert difference.max() <= 1 and difference.mean() < 0.1, (film.name, difference.max(), difference.mean())
+
+
+def test_a_tf_serving_rest_body_feeds_the_signature(exported, raw_dataset):
+    """The README's curl body, {"instances": [{"b64": ...}]}, decoded as TF Serving decodes it (base64 of the
+    file's bytes into one string per instance); no TF Serving binary runs here."""
+    import tensorflow as tf
+
+    film = sorted(raw_dataset.glob("test/PNEUMONIA/*.jpeg"))[0]
+    body = json.loads(json.dumps({"instances": [{"b64": base64.b64encode(film.read_bytes()).decode()}]}))
+    strings = [base64.b64decode(instance["b64"]) for instance in body["instances"]]
+    serve = tf.saved_model.load(str(exported / "1")).signatures["serving_default"]
+    assert serve(image_bytes=tf.constant(strings))["probability"].shape == (1,)
+
+
+def test_export_refuses_a_folder_in_use(trained, tmp_path):
+    from cxr.serving.export import export
+
+    (tmp_path / "mine.txt").write_text("keep")
+    with pytest.raises(UserError, match="not empty"):
+        export(trained, tmp_path)
+    assert (tmp_path / "mine.txt").read_text() == "keep"
+
+
+def test_best_candidate_is_chosen_on_validation(tmp_path):
+    from cxr.serving.export import best_candidate
+
+    candidates = []
+    for name, auc, loss in (("a", 0.90, 0.3), ("b", 0.95, 0.5), ("c", 0.95, 0.4), ("d", None, 0.1)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / files.METRICS).write_text(json.dumps({"validation": {"roc_auc": auc, "loss": loss}}))
+        candidates.append((tmp_path / f"{name}-model", tmp_path / name))
+    assert best_candidate(candidates) == (tmp_path / "c-model", tmp_path / "c")
+
+
+def test_the_kserve_manifest_serves_a_tensorflow_savedmodel():
+    """KServe's CRDs are not in kubernetes-validate's schemas: check the fields KServe's v1beta1 API needs."""
+    from pathlib import Path
+
+    manifest = yaml.safe_load(Path("k8s/serving/inferenceservice.yaml").read_text())
+    assert manifest["apiVersion"] == "serving.kserve.io/v1beta1" and manifest["kind"] == "InferenceService"
+    assert manifest["metadata"]["name"]
+    predictor = manifest["spec"]["predictor"]
+    assert predictor["model"]["modelFormat"]["name"] == "tensorflow"
+    assert predictor["model"]["storageUri"].startswith(("gs://", "s3://", "pvc://"))
+    assert set(predictor["model"]["resources"]) == {"requests", "limits"}
