@@ -30,6 +30,8 @@ MAX_IMAGES_PER_PATIENT = 4
 RGB_SHARE = 0.05  # "a few hundred are RGB" of 5,856
 BASE_RESOLUTION = 128  # drawn at this size, then scaled: cheap at any output size
 MIN_OUTPUT_SIZE = 32
+MAX_OUTPUT_SIZE = 4096  # above the real films' 2,500 px; larger would only fill the disk
+MAX_PER_CLASS = 20_000  # 15x the real archive's 1,341 NORMAL training films
 # A patch's box reaches one radius from its centre on each axis: the contour where it adds 1/e (37 %) of its
 # peak, 22-33 grey levels, several times the film noise (6); beyond two radii it adds less than the noise.
 LESION_BOX_RADII = 1.0

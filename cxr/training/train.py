@@ -23,6 +23,7 @@ from cxr import files, settings
 from cxr.data.reader import read_split, split_counts
 from cxr.devices import select_device
 from cxr.errors import UserError
+from cxr.outputs import claim
 from cxr.serving.trained import write_preprocessing
 from cxr.training.backbones import get_backbone, input_size
 from cxr.training.model import build_model
