@@ -76,7 +76,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from cxr.results.report import write_report
 
-    written, failures = write_report(args.results, args.out)
+    written, failures = write_report(args.results, args.out, explain_dirs=args.explanations, data_dir=args.data)
     for failure in failures:
         print(f"report: missing {failure.line()}", file=sys.stderr)
     print(f"wrote {len(written)} files; open {written['report.html']}")
@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("report", _report, "compare evaluated backbones: graphs, leaderboard, report.html")
     sub.add_argument("results", nargs="+", type=Path, metavar="RESULT_DIR", help="--out folders of `cxr evaluate`")
+    sub.add_argument("--explanations", nargs="+", type=Path, default=[], metavar="EXPLAIN_DIR",
+                     help="--out folders of `cxr explain`: the report shows where each backbone looks")
+    sub.add_argument("--data", type=Path, help="the folder `cxr preprocess` wrote: the report ends with a model card")
     sub.add_argument("--out", required=True, type=Path)
 
     sub = command("explain", _explain, "Grad-CAM of test films and, with --lesions, the pointing game")

@@ -1,4 +1,5 @@
-"""The pipeline: ingest -> preprocess -> for each backbone in parallel (train -> evaluate) -> aggregate -> verdict.
+"""The pipeline: plan -> ingest -> preprocess -> for each backbone and seed in parallel (train -> evaluate ->
+explain) -> aggregate (report, model card, the best model exported) -> verdict.
 
     python -m pipelines.chest_xray_benchmark [--output pipelines/chest_xray_benchmark.yaml]
 
@@ -17,6 +18,7 @@ from kfp.dsl import Artifact
 from components import (
     aggregate_results,
     evaluate_backbone,
+    explain_backbone,
     ingest_dataset,
     plan_trainings,
     preprocess_dataset,
@@ -62,6 +64,7 @@ def chest_xray_benchmark(
     split: str = settings.SPLIT_MODE,
     seed: int = settings.SEED,
     device: str = settings.DEVICE,
+    explain_films: int = settings.EXPLAIN_FILMS,
     checkpoint_root: str = CHECKPOINT_MOUNT if settings.CHECKPOINT_PVC else "",
 ) -> Artifact:
     # Names and seeds are checked before anything runs: a typo costs seconds, not an ingest.
@@ -89,10 +92,16 @@ def chest_xray_benchmark(
             kubernetes.mount_pvc(train, pvc_name=settings.CHECKPOINT_PVC, mount_path=CHECKPOINT_MOUNT)
         evaluate = evaluate_backbone(processed=preprocess.outputs["processed"], model=train.outputs["model"],
                                      batch_size=batch_size).set_display_name("evaluate")
+        explain = explain_backbone(processed=preprocess.outputs["processed"], model=train.outputs["model"],
+                                   result=evaluate.outputs["result"], films=explain_films,
+                                   source=source).set_display_name("explain")
 
     # Fan-in at the root, into a task: a list of artifacts passed into a nested sub-pipeline keeps only one
     # (kubeflow/pipelines#13900). The component sorts what arrives; KFP does not guarantee the order.
-    aggregate = aggregate_results(results=dsl.Collected(evaluate.outputs["result"])).set_display_name("aggregate")
+    aggregate = aggregate_results(processed=preprocess.outputs["processed"],
+                                  results=dsl.Collected(evaluate.outputs["result"]),
+                                  explanations=dsl.Collected(explain.outputs["explanation"]),
+                                  models=dsl.Collected(train.outputs["model"])).set_display_name("aggregate")
     # Last: the run ends failed when a training is missing, after the report of the others is written.
     verdict(missing=aggregate.outputs["Output"]).set_display_name("verdict")
     return aggregate.outputs["plots"]  # the report folder: report.html, the graphs, the leaderboard

@@ -70,12 +70,13 @@ def test_trainings_fan_out_in_parallel_and_fan_in_at_the_root(compiled):
     assert root["inputDefinitions"]["parameters"]["backbones"]["defaultValue"] == list(settings.BACKBONES)
     assert root["inputDefinitions"]["parameters"]["seeds"]["defaultValue"] == [42]
     assert root["inputDefinitions"]["parameters"]["device"]["defaultValue"] == "gpu"
-    assert set(inner) == {"train-backbone", "evaluate-backbone"}
+    assert set(inner) == {"train-backbone", "evaluate-backbone", "explain-backbone"}
     train_inputs = inner["train-backbone"]["inputs"]["parameters"]
     assert train_inputs["device"]["componentInputParameter"] == "pipelinechannel--device"
     aggregate = tasks["aggregate-results"]
     assert aggregate["taskInfo"]["name"] == "aggregate"
-    assert aggregate["inputs"]["artifacts"]["results"]["taskOutputArtifact"]["producerTask"] in tasks
+    for collected in ("results", "explanations", "models"):
+        assert aggregate["inputs"]["artifacts"][collected]["taskOutputArtifact"]["producerTask"] == "for-loop-1"
     # No partial fan-in on KFP 2.17: the branches never fail, and a last task fails the run on what is missing.
     assert "triggerPolicy" not in compiled["text"]
     assert tasks["verdict"]["inputs"]["parameters"]["missing"]["taskOutputParameter"] == {
@@ -199,6 +200,10 @@ chest_xray_benchmark(source={str(synthetic_archive)!r}, backbones=["VGG16", "Mob
     assert pd.read_csv(leaderboard)["backbone"].tolist() == ["MobileNet"]  # no ensemble of one backbone
     report = (leaderboard.parent / "report.html").read_text()
     assert '<section id="missing">' in report and "VGG16 (seed 42) failed in train" in report
+    assert "Where each backbone looks (Grad-CAM)" in report and "MobileNet_gradcam" in report
+    assert "Model card" in report
+    exported = next((tmp_path / "root").rglob("best_model"))
+    assert (exported / "1" / "saved_model.pb").is_file()
 
 
 def kill_training_when_it_trains(backbone: str, checkpoints: Path, timeout: float) -> bool:

@@ -10,7 +10,6 @@ the rate a uniformly random point would get (the boxes' share of the film).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import html
 import json
@@ -22,6 +21,8 @@ import pandas as pd
 
 from cxr import files, settings
 from cxr.errors import UserError
+from cxr.failures import read_failure
+from cxr.results.report import embedded_png
 
 OUTCOMES = ("TP", "FN", "FP", "TN")  # the panel's order: hits and misses on pneumonia first
 FILM_COLUMNS = ["source", "label", "probability", "outcome", "in_panel", "shared", "point_x", "point_y", "hit"]
@@ -364,11 +365,6 @@ def find_lesions(source: str) -> Path | None:
     return None
 
 
-def _embedded(path: Path) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<img alt="{html.escape(Path(path).stem)}" src="data:image/png;base64,{data}">'
-
-
 def explanations_html(explain_dirs: Sequence[Path], out: Path) -> str:
     """The report's section on where each backbone looks: the pointing game per backbone (when lesions were
     known), the shared films side by side (written to out/gradcam_comparison.png) and each backbone's panel,
@@ -392,6 +388,21 @@ pneumonia lies. A model that reads text markers, borders or the film's edges ins
 beside the share a uniformly random point would get (the boxes' area); known only for synthetic data.</p>
 <table><tr><th>backbone</th><th>layer (cells)</th><th>pointing game hit rate</th><th>random point</th>
 <th>annotated films</th></tr>{"".join(rows)}</table>
-{_embedded(comparison) if comparison else ""}
-{"".join(_embedded(panel) for panel in panels)}
+{embedded_png(comparison) if comparison else ""}
+{"".join(embedded_png(panel) for panel in panels)}
 """
+
+
+def explain_result(data_dir: Path, model_dir: Path, result_dir: Path, out: Path, films: int,
+                   source: str) -> dict | None:
+    """What a pipeline's explain step does: `explain` with the source's lesions when it has them, or None (an
+    empty `out`) for a training that failed, whose result holds failure.json: the report names it already."""
+    if read_failure(result_dir) is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        return None
+    return explain(data_dir, model_dir, result_dir, out, films=films, lesions=find_lesions(source))
+
+
+def standalone_page(section: str) -> str:
+    """An HTML section as a page of its own, for the KFP UI's HTML viewer."""
+    return f'<!doctype html><html><head><meta charset="utf-8"></head><body>{section}</body></html>'

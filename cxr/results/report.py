@@ -349,12 +349,15 @@ def to_markdown(table: pd.DataFrame, missing: Sequence[Failure] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _embedded(path: Path) -> str:
+def embedded_png(path: Path) -> str:
+    """A PNG as an <img> with the data inline, so the page stands alone (the KFP UI shows one file)."""
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
 
-def render_html(table: pd.DataFrame, images: Sequence[Path], missing: Sequence[Failure] = ()) -> str:
+def render_html(table: pd.DataFrame, images: Sequence[Path], missing: Sequence[Failure] = (),
+                sections: str = "") -> str:
+    """The whole report; `sections`: more HTML after the graphs (where each backbone looks, the model card)."""
     seed_rows = "".join(f"<tr><td>{name}</td><td>{value:.4f}</td></tr>" for name, value in SEED_TEST_ACCURACY.items())
     missing_section = "" if not missing else (
         '<section id="missing"><h2>Missing</h2><p>These did not finish; everything below is computed without them.'
@@ -381,7 +384,8 @@ perfect, 0.25 a constant 0.5); <code>ece</code>: expected calibration error, the
 probability and the observed share of pneumonia ({settings.CALIBRATION_BINS} bins). {ENSEMBLE}: the mean
 probability of the finished backbones, evaluated like one.</p>
 {board}
-{"".join(_embedded(path) for path in images)}
+{"".join(embedded_png(path) for path in images)}
+{sections}
 <h2>For reference: the seed's reported test accuracy</h2>
 <p>From an image-level re-split that puts one patient's films on both sides (GUIDE section 1): not comparable
 with a patient-level split; published results on the official test split are 93-96 %.</p>
@@ -401,10 +405,12 @@ def _refuse_duplicates(results: Sequence[Result]) -> None:
 
 
 def write_report(result_dirs: Sequence[Path], out: Path, samples: int = settings.BOOTSTRAP_SAMPLES,
+                 explain_dirs: Sequence[Path] = (), data_dir: Path | None = None,
                  ) -> tuple[dict[str, Path], list[Failure]]:
     """Write every graph, the leaderboard (csv, md), the ensemble's metrics and report.html into `out`; return file
     name -> path, and the failed trainings: folders holding failure.json are listed as missing; with none
-    finished, the leaderboard and report.html say so."""
+    finished, the leaderboard and report.html say so. With `explain_dirs` (of `cxr explain`) the report shows
+    where each backbone looks; with `data_dir` (of `cxr preprocess`) it ends with a model card."""
     if not result_dirs:
         raise UserError("no result folders given")
     missing = failures(result_dirs)
@@ -412,17 +418,42 @@ def write_report(result_dirs: Sequence[Path], out: Path, samples: int = settings
                      key=lambda r: (r.backbone, r.seed))
     _refuse_duplicates(results)
     out = Path(out)
-    with claim(out, "report", {"results": sorted(str(Path(d).resolve()) for d in result_dirs),
-                               "samples": samples}) as output:
+    explain_dirs = sorted(Path(d) for d in explain_dirs)
+    with claim(out, "report", {"results": sorted(str(Path(d).resolve()) for d in result_dirs), "samples": samples,
+                               "explanations": [str(d.resolve()) for d in explain_dirs],
+                               "data": str(Path(data_dir).resolve()) if data_dir else None}) as output:
         if output.finished and (out / files.REPORT_HTML).is_file():
             print(f"report: {out} already holds this report; reusing it", file=sys.stderr)
             return {p.name: p for p in sorted(out.iterdir()) if p.name not in OWN_FILES}, missing
-        written = _write(results, missing, out, samples)
+        written = _write(results, missing, out, samples, explain_dirs, data_dir)
         output.finish()
     return written, missing
 
 
-def _write(results: list[Result], missing: list[Failure], out: Path, samples: int) -> dict[str, Path]:
+def _sections(results: list[Result], table: pd.DataFrame, explain_dirs: Sequence[Path], data_dir: Path | None,
+              out: Path) -> str:
+    """Where each backbone looks (Grad-CAM, when explanations were made) and the model card of the best single
+    backbone (when the data folder is known: its stats.json holds the splits)."""
+    from cxr.results.explain import explanations_html
+    from cxr.results.model_card import model_card_html
+
+    html_parts = [explanations_html(explain_dirs, out)] if explain_dirs else []
+    rows = [row for row in table.to_dict("records") if row["backbone"] != ENSEMBLE]
+    if data_dir is not None and rows:
+        summaries = [read_json(Path(d) / files.EXPLAIN_SUMMARY) for d in explain_dirs]
+        metrics = {}
+        for result in results:  # the first seed's metrics stand for the backbone's thresholds and intervals
+            metrics.setdefault(result.backbone, result.metrics)
+        manifest = Path(data_dir) / files.MANIFEST
+        html_parts.append(model_card_html(
+            read_json(Path(data_dir) / files.STATS), rows, metrics, summaries,
+            synthetic=any(s.get("pointing_game") for s in summaries),  # only `cxr synth` draws lesion boxes
+            manifest=pd.read_csv(manifest) if manifest.is_file() else None))
+    return "\n".join(html_parts)
+
+
+def _write(results: list[Result], missing: list[Failure], out: Path, samples: int, explain_dirs: Sequence[Path] = (),
+           data_dir: Path | None = None) -> dict[str, Path]:
     written = {name: out / name for name in (files.LEADERBOARD_CSV, files.LEADERBOARD_MD, files.REPORT_HTML)}
     table, images = pd.DataFrame(columns=COLUMNS), []
     if results:
@@ -446,5 +477,8 @@ def _write(results: list[Result], missing: list[Failure], out: Path, samples: in
             written[files.ENSEMBLE_METRICS].write_text(json.dumps(ensemble[0].metrics, indent=2, allow_nan=False))
     table.to_csv(written[files.LEADERBOARD_CSV], index=False)
     written[files.LEADERBOARD_MD].write_text(to_markdown(table, missing))
-    written[files.REPORT_HTML].write_text(render_html(table, images, missing))
+    sections = _sections(results, table, explain_dirs, data_dir, out) if results else ""
+    if (out / files.GRADCAM_COMPARISON).is_file():
+        written[files.GRADCAM_COMPARISON] = out / files.GRADCAM_COMPARISON
+    written[files.REPORT_HTML].write_text(render_html(table, images, missing, sections))
     return written

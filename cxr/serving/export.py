@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cxr import files, settings
 from cxr.errors import UserError
+from cxr.failures import read_failure
 from cxr.serving.trained import Preprocessing, find_threshold, load_model, read_preprocessing
 
 # TF Serving (also KServe's tensorflow predictor) decodes {"b64": ...} for any string input; Vertex AI only for
@@ -138,3 +139,20 @@ def export_best(candidates: Sequence[tuple[Path, Path]], out: Path) -> tuple[str
 
     model_dir, result_dir = best_candidate(candidates)
     return backbone_name(model_dir), export(model_dir, out, result_dir=result_dir)
+
+
+def export_best_of(model_dirs: Sequence[Path], result_dirs: Sequence[Path], out: Path) -> str | None:
+    """The pipeline's export: pair each finished result with its model by backbone and seed, export the best (on
+    validation) to `out` and return its backbone; None when no training finished."""
+    def key(folder: Path) -> tuple[str, int] | None:
+        if read_failure(folder) is not None or not (Path(folder) / files.TRAIN_METRICS).is_file():
+            return None
+        trained = json.loads((Path(folder) / files.TRAIN_METRICS).read_text())
+        return trained["backbone"], int(trained["settings"]["seed"])
+
+    models = {key(d): Path(d) for d in model_dirs if key(d) is not None}
+    pairs = [(models[key(r)], Path(r)) for r in result_dirs if key(r) is not None and key(r) in models]
+    if not pairs:
+        return None
+    backbone, _ = export_best(pairs, out)
+    return backbone
