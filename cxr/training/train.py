@@ -1,7 +1,8 @@
 """Training one backbone, resumable: a checkpoint after every epoch, and a rerun on the same folder goes on
 from the last finished epoch with the optimizer, the history and the early-stopping state it had.
 
-On a GPU, mixed precision and XLA switch on by themselves (GUIDE section 5); on the CPU they stay off.
+On a GPU, mixed precision and XLA switch on by themselves (GUIDE section 5); on the CPU they stay off. Runs on
+the Keras backend KERAS_BACKEND names (tensorflow or jax; JAX compiles every step with XLA, on any device).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from pathlib import Path
 
 import keras
 import pandas as pd
-import tensorflow as tf
 
 from cxr import files, settings
 from cxr.data.reader import read_split, split_counts
+from cxr.devices import backend, limit_gpu_memory, mixed_precision_policy, visible_gpus
 from cxr.errors import UserError
 from cxr.training.backbones import get_backbone, input_size
 from cxr.training.model import build_model
@@ -152,10 +153,8 @@ def headline_metrics(metrics: dict) -> dict[str, float]:
 
 
 def device_name() -> str:
-    gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
-        return "CPU"
-    return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+    gpus = visible_gpus()
+    return gpus[0] if gpus else "CPU"
 
 
 def _prepare_output(out: Path, checkpoint: Path, options: TrainSettings) -> None:
@@ -185,6 +184,8 @@ def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | 
     data_dir, out = Path(data_dir), Path(out)
     checkpoint = Path(checkpoint) if checkpoint else out / files.CHECKPOINT_DIR
     options.validate()
+    if backend() not in settings.KERAS_BACKENDS:
+        raise UserError(f"KERAS_BACKEND={backend()}: training supports {' or '.join(settings.KERAS_BACKENDS)}")
     backbone = get_backbone(options.backbone)
     options = dataclasses.replace(options, backbone=backbone.name)
     size = input_size(backbone, options.image_size)
@@ -194,11 +195,13 @@ def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | 
     counts = split_counts(data_dir)
     _prepare_output(out, checkpoint, options)
 
+    print(f"train: {limit_gpu_memory()}", file=sys.stderr)
     device = device_name()
     on_gpu = device != "CPU"
     mixed = on_gpu if options.mixed_precision is None else options.mixed_precision
-    xla = on_gpu if options.xla is None else options.xla
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    # JAX compiles every step with XLA; Keras' uncompiled JAX path is a debugging mode, many times slower.
+    xla = backend() == "jax" or (on_gpu if options.xla is None else options.xla)
+    keras.mixed_precision.set_global_policy(mixed_precision_policy() if mixed else "float32")
     keras.utils.set_random_seed(options.seed)
 
     model = build_model(backbone, size, dense_units=options.dense_units, dropout=options.dropout,
@@ -239,6 +242,7 @@ def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | 
         "learning_time": format_duration(seconds),
         "images_per_second": train_images * len(history) / seconds if seconds else 0.0,
         "device": device,
+        "backend": backend(),
         "mixed_precision": mixed,
         "xla": xla,
         "settings": dataclasses.asdict(options),
