@@ -42,8 +42,9 @@ bench: install ## the CPU benchmarks, each against a baseline in the same run (d
 GPU_WHEELS ?= keras==3.15.1 namex==0.1.0 optree==0.20.0 absl-py==2.5.1 rich==15.0.0 markdown-it-py==4.3.0 \
   mdurl==0.1.2 pygments==2.21.0 packaging==26.4 typing-extensions==4.16.0
 
-gpu-wheels: install ## download into .gpu-wheels the wheels benchmarks/gpu_run.sh carries to a bare GPU machine
-	$(PYTHON) -m pip download --quiet --no-deps --python-version 3.12 --only-binary=:all: --dest .gpu-wheels \
+# Any pip will do (no venv needed): the wheels are for the GPU machine's Python, not this one's.
+gpu-wheels: ## download into .gpu-wheels the wheels benchmarks/gpu_run.sh carries to a bare GPU machine
+	python3 -m pip download --quiet --no-deps --python-version 3.12 --only-binary=:all: --dest .gpu-wheels \
 	  $(GPU_WHEELS)
 
 # Compile-time settings of the pipeline YAML (defaults as in cxr/settings.py); override on the command line.
