@@ -77,7 +77,12 @@ def measure(name: str, mode: str, image_size: int, batch_size: int, steps: int, 
     warmup_seconds = train(warmup) if warmup else 0.0
     seconds = train(steps)
     return Result(backbone.name, mode, policy, size, batch_size, steps, round(warmup_seconds, 2),
-                  round(steps * batch_size / seconds, 2))
+                  round(steps * batch_size / seconds, 4))
+
+
+def rate(images_per_second: float) -> str:
+    """Tenths on a GPU; thousandths where a CPU smoke run takes a minute per image."""
+    return f"{images_per_second:.1f}" if images_per_second >= 10 else f"{images_per_second:.3f}"
 
 
 def study_minutes(images_per_second: float) -> float:
@@ -89,7 +94,7 @@ def print_table(results: list[Result]) -> None:
           f"{'study min':>9}")
     for r in results:
         print(f"{r.backbone:<12} {r.image_size:>4} {MODES[r.mode]:<24} {r.policy:<15} {r.warmup_seconds:>9.1f} "
-              f"{r.images_per_second:>9.1f} {study_minutes(r.images_per_second):>9.1f}")
+              f"{rate(r.images_per_second):>9} {study_minutes(r.images_per_second):>9.1f}")
     by_mode = {mode: {r.backbone: r for r in results if r.mode == mode} for mode in MODES}
     if by_mode["fp32"] and by_mode["mixed"]:
         print("\nmixed precision + XLA against fp32 without XLA/jit:")
@@ -136,7 +141,7 @@ def concurrent(backbones: list[str], args: argparse.Namespace) -> None:
     together, shared = run_children(backbones, args, at_once=True)
     print(f"\n{'backbone':<12} {'alone images/s':>15} {'sharing images/s':>17}")
     for one, other in zip(alone, shared, strict=True):
-        print(f"{one['backbone']:<12} {one['images_per_second']:>15.1f} {other['images_per_second']:>17.1f}")
+        print(f"{one['backbone']:<12} {rate(one['images_per_second']):>15} {rate(other['images_per_second']):>17}")
     print(f"\none after another: {sequential:7.1f} s until all are done (process start and compilation included)")
     print(f"all at once      : {together:7.1f} s until all are done: {sequential / together:.2f}x")
 
@@ -178,7 +183,7 @@ def main() -> None:
             result = measure(name, mode, args.image_size, args.batch_size, steps, warmup)
             results.append(result)
             print(json.dumps(asdict(result)) if args.json else
-                  f"{name} {MODES[mode]}: {result.images_per_second:.1f} images/s", flush=True)
+                  f"{name} {MODES[mode]}: {rate(result.images_per_second)} images/s", flush=True)
     if not args.json:
         print_table(results)
         if args.smoke:
