@@ -34,7 +34,7 @@ synth: install ## write a synthetic dataset to runs/synthetic (small films, for 
 demo: install ## the whole pipeline on synthetic data through KFP's local runner; prints where the report is
 	$(PYTHON) -m pipelines.local_demo --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
-bench: install ## the CPU benchmarks, each against a baseline in the same run (docs/performance.md; ~10 min)
+bench: install ## the CPU benchmarks, each against a baseline in the same run (docs/performance.md; 5 min on 2 cores)
 	bash benchmarks/cpu_bench.sh
 
 # What keras imports, for a bare GPU machine with Python 3.12 and JAX but no Keras (GUIDE section 6): the

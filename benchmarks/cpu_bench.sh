@@ -2,7 +2,7 @@
 # `make bench`: the CPU benchmarks in one go, each printing its ratio against a baseline measured in the same run
 # (docs/performance.md): draft vs full JPEG decoding; the cached reader vs the seed's loader and raw-JPEG tf.data;
 # kfp.local's orchestration vs the library calls it runs; `cxr train`'s epoch on JAX vs TensorFlow.
-# About 6 minutes on 2 cores.
+# 298 s on the 2-core development machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-.venv}
