@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint demo synth compile images image-test cluster deploy load run upload ui down
+.PHONY: help install test lint demo synth bench gpu-wheels compile images image-test cluster deploy load run upload ui down
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,19 @@ synth: install ## write a synthetic dataset to runs/synthetic (small films, for 
 demo: install ## the whole pipeline on synthetic data through KFP's local runner; prints where the report is
 	$(PYTHON) -m pipelines.local_demo --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
+bench: install ## the CPU benchmarks, each against a baseline in the same run (docs/performance.md; 5 min on 2 cores)
+	bash benchmarks/cpu_bench.sh
+
+# What keras imports, for a bare GPU machine with Python 3.12 and JAX but no Keras (GUIDE section 6): the
+# versions tested here (pyproject.toml's ranges). ml_dtypes and numpy come with JAX, h5py is there.
+GPU_WHEELS ?= keras==3.15.1 namex==0.1.0 optree==0.20.0 absl-py==2.5.1 rich==15.0.0 markdown-it-py==4.3.0 \
+  mdurl==0.1.2 pygments==2.21.0 packaging==26.4 typing-extensions==4.16.0
+
+# Any pip will do (no venv needed): the wheels are for the GPU machine's Python, not this one's.
+gpu-wheels: ## download into .gpu-wheels the wheels benchmarks/gpu_run.sh carries to a bare GPU machine
+	python3 -m pip download --quiet --no-deps --python-version 3.12 --only-binary=:all: --dest .gpu-wheels \
+	  $(GPU_WHEELS)
+
 # Compile-time settings of the pipeline YAML (defaults as in cxr/settings.py); override on the command line.
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE_REPO ?= localhost/cxr-bench
@@ -52,10 +65,14 @@ compile: install ## compile pipelines/chest_xray_benchmark.yaml, the file to upl
 CONTAINER ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
 BASE_IMAGE ?= python:3.11-slim-bookworm
 
-images: ## build the component image, GPU and CPU variants (tags VERSION-gpu, VERSION-cpu)
+# The Keras backend the GPU image trains with: tensorflow, or jax (JAX on the GPU, TensorFlow-CPU for tf.data).
+KERAS_BACKEND ?= tensorflow
+
+images: ## build the component image, GPU and CPU variants (tags VERSION-gpu, VERSION-cpu); KERAS_BACKEND=jax
 	for variant in gpu cpu; do \
 	  $(CONTAINER) build -f docker/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
-	    --build-arg TF_VARIANT=$$variant --build-arg VERSION=$(VERSION) -t $(IMAGE_REPO):$(VERSION)-$$variant . || exit 1; \
+	    --build-arg TF_VARIANT=$$variant --build-arg KERAS_BACKEND=$(KERAS_BACKEND) --build-arg VERSION=$(VERSION) \
+	    -t $(IMAGE_REPO):$(VERSION)-$$variant . || exit 1; \
 	done
 
 image-test: ## build the CPU image with podman on a debootstrap base and run the steps inside it (root; CI)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
+from pathlib import Path
 
 # --- The dataset (GUIDE section 2) -------------------------------------------------------------------------
 
@@ -58,6 +60,18 @@ FREEZE_BACKBONE = False  # the seed fine-tuned the whole network
 FROM_SCRATCH_BN_MOMENTUM = 0.9
 
 DEVICE = "gpu"  # the pipeline's train tasks: a task that asked for a GPU and got none stops at once
+# Keras backends training runs on (KERAS_BACKEND): TensorFlow by default; JAX compiles every step with XLA
+# and, on the Keras team's benchmarks, is often the fastest for CNN training (docs/performance.md).
+KERAS_BACKENDS = ("tensorflow", "jax")
+# Mixed-precision policy on a GPU, per backend: float16 with TensorFlow's loss scaling (GUIDE section 5);
+# bfloat16 on JAX, which needs no loss scaling and which Ampere and later GPUs (A100, H100, H200) run at the
+# float16 rate.
+MIXED_PRECISION_POLICY = {"tensorflow": "mixed_float16", "jax": "mixed_bfloat16"}
+# GPU memory of one training, so that several trainings share one GPU (time-slicing, docs/performance.md).
+# TensorFlow always grows its memory on demand here. On JAX, "" (default) allocates on demand too instead of
+# JAX's up-front 75 % of the GPU; a fraction such as "0.18" caps each training at that share (five fit on one GPU)
+# and keeps JAX's faster preallocating allocator.
+GPU_MEMORY_FRACTION = os.environ.get("CXR_GPU_MEMORY_FRACTION", "")
 
 # --- Evaluation --------------------------------------------------------------------------------------------
 
@@ -75,7 +89,20 @@ EXPLAIN_FILMS = 8
 
 # --- Containers and the pipeline ---------------------------------------------------------------------------
 
-VERSION = importlib.metadata.version("cxr-bench")  # pyproject.toml's, the one place it is written
+
+
+def _version() -> str:
+    """pyproject.toml's version, the one place it is written; read from the source tree where the package is not
+    installed (the GPU benchmark runs the model code from a bare checkout, docs/performance.md)."""
+    try:
+        return importlib.metadata.version("cxr-bench")
+    except importlib.metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        found = re.search(r'^version = "(.+)"$', pyproject.read_text(), re.MULTILINE) if pyproject.is_file() else None
+        return found.group(1) if found else "0+unknown"
+
+
+VERSION = _version()
 # The image every component runs in. `make images` tags it; `make compile IMAGE=...` overrides it.
 COMPONENT_IMAGE = os.environ.get("CXR_IMAGE", f"localhost/cxr-bench:{VERSION}-gpu")
 PIPELINE_NAME = "chest-xray-backbone-benchmark"

@@ -191,7 +191,8 @@ def predict(model, data_dir: Path, split: str, image_size: int, batch_size: int)
 
     rows = []
     for batch in read_split(data_dir, split, image_size, batch_size, with_metadata=True):
-        probabilities = model.predict_on_batch(batch["image"]).reshape(-1)
+        # numpy, not a TensorFlow tensor: the model may run on another Keras backend (JAX).
+        probabilities = np.asarray(model.predict_on_batch(batch["image"].numpy())).reshape(-1)
         rows.append(pd.DataFrame({
             "patient_id": [v.decode() for v in batch["patient_id"].numpy()],
             "source": [v.decode() for v in batch["source"].numpy()],

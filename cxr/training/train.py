@@ -1,7 +1,8 @@
 """Training one backbone, resumable: a checkpoint after every epoch, and a rerun on the same folder goes on
 from the last finished epoch with the optimizer, the history and the early-stopping state it had.
 
-On a GPU, mixed precision and XLA switch on by themselves (GUIDE section 5); on the CPU they stay off.
+On a GPU, mixed precision and XLA switch on by themselves (GUIDE section 5); on the CPU they stay off. Runs on
+the Keras backend KERAS_BACKEND names (tensorflow or jax; JAX compiles every step with XLA, on any device).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pandas as pd
 
 from cxr import files, settings
 from cxr.data.reader import read_split, split_counts
-from cxr.devices import select_device
+from cxr.devices import backend, limit_gpu_memory, mixed_precision_policy, select_device
 from cxr.errors import UserError
 from cxr.outputs import claim
 from cxr.serving.trained import write_preprocessing
@@ -183,9 +184,12 @@ def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | 
     """
     data_dir, out = Path(data_dir), Path(out)
     options.validate()
+    if backend() not in settings.KERAS_BACKENDS:
+        raise UserError(f"KERAS_BACKEND={backend()}: training supports {' or '.join(settings.KERAS_BACKENDS)}")
     backbone = get_backbone(options.backbone)
     options = dataclasses.replace(options, backbone=backbone.name)
     size = input_size(backbone, options.image_size)
+    print(f"train: {limit_gpu_memory()}", file=sys.stderr)  # before the backend touches a GPU
     device_used = select_device(device)  # before any file is written: a pod without its GPU stops here
     wanted = dataclasses.asdict(options)
     with claim(out, "train", wanted) as output:
@@ -210,8 +214,9 @@ def _fit(data_dir: Path, checkpoint: Path, options: TrainSettings, name: str, si
     epoch and the metrics with the history."""
     on_gpu = device_used != "CPU"
     mixed = on_gpu if options.mixed_precision is None else options.mixed_precision
-    xla = on_gpu if options.xla is None else options.xla
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    # JAX compiles every step with XLA; Keras' uncompiled JAX path is a debugging mode, many times slower.
+    xla = backend() == "jax" or (on_gpu if options.xla is None else options.xla)
+    keras.mixed_precision.set_global_policy(mixed_precision_policy() if mixed else "float32")
     keras.utils.set_random_seed(options.seed)
 
     model = build_model(get_backbone(name), size, dense_units=options.dense_units, dropout=options.dropout,
@@ -260,6 +265,7 @@ def _fit(data_dir: Path, checkpoint: Path, options: TrainSettings, name: str, si
         "learning_time": format_duration(seconds),
         "images_per_second": train_images * len(history) / seconds if seconds else 0.0,
         "device": device_used,
+        "backend": backend(),
         "mixed_precision": mixed,
         "xla": xla,
         "settings": dataclasses.asdict(options),
