@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -228,23 +227,13 @@ def evaluate(data_dir: Path, model_dir: Path, out: Path, batch_size: int = setti
 
 
 def _evaluate(data_dir: Path, model_dir: Path, trained: dict, out: Path, batch_size: int, samples: int) -> dict:
-    import keras
-
+    from cxr.serving.trained import load_model
     from cxr.training.backbones import get_backbone
-    from cxr.training.model import build_model
 
     backbone = get_backbone(trained["backbone"])
     # Rebuilt in float32 and loaded with the trained weights: a model trained in mixed precision on a GPU
     # evaluates at full speed on a CPU, where float16 kernels are slow.
-    keras.mixed_precision.set_global_policy("float32")
-    head = trained["settings"]
-    model = build_model(backbone, trained["image_size"], dense_units=head["dense_units"], dropout=head["dropout"],
-                        weights="none")
-    try:
-        model.load_weights(model_dir / files.MODEL)
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise UserError(f"{model_dir / files.MODEL} is damaged ({type(error).__name__}); train again into a "
-                        "new folder") from None
+    model = load_model(model_dir)
     read = dict(data_dir=data_dir, image_size=trained["image_size"], batch_size=batch_size)
     val, test = predict(model, split="val", **read), predict(model, split="test", **read)
     metrics = json_safe({"backbone": backbone.name, **summarize(test, val, samples)})

@@ -9,6 +9,7 @@ in this order, an explicit value, a result folder, or a metrics.json beside the 
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from cxr import files
 from cxr.errors import UserError
+from cxr.outputs import read_json
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,16 @@ def load_model(model_dir: Path):
     for name in (files.MODEL, files.TRAIN_METRICS):
         if not (model_dir / name).is_file():
             raise UserError(f"missing {model_dir / name}: --model must be a folder `cxr train` wrote")
-    trained = json.loads((model_dir / files.TRAIN_METRICS).read_text())
+    trained = read_json(model_dir / files.TRAIN_METRICS)
     keras.mixed_precision.set_global_policy("float32")
     head = trained["settings"]
     model = build_model(get_backbone(trained["backbone"]), trained["image_size"], dense_units=head["dense_units"],
                         dropout=head["dropout"], weights="none")
-    model.load_weights(model_dir / files.MODEL)
+    try:
+        model.load_weights(model_dir / files.MODEL)
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise UserError(f"{model_dir / files.MODEL} is damaged ({type(error).__name__}); train again into a "
+                        "new folder") from None
     return model
 
 
