@@ -70,7 +70,7 @@ def main() -> int:
     print(f"\ndemo: finished in {time.monotonic() - started:.0f} s\n")
     columns = ["backbone", "test_accuracy", "sensitivity", "specificity", "roc_auc", "vs_best", "brier",
                "learning_time", "epochs"]
-    table = pd.read_csv(report / "leaderboard.csv")
+    table = pd.read_csv(report / "leaderboard.csv").astype({"epochs": "Int64"})  # the Ensemble row has none
     print(table[[c for c in columns if c in table]].to_string(index=False, float_format="%.3f"), "\n")
     print(f"demo: the report is in {report}\n      open {report / 'report.html'}")
     if not complete:

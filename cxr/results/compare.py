@@ -65,8 +65,10 @@ def paired_auc_difference(labels: np.ndarray, first: np.ndarray, second: np.ndar
 
 def indistinguishable(p_value: float, interval: Sequence[float]) -> bool:
     """Whether a difference cannot be told apart from none: DeLong's p at or above settings.SIGNIFICANCE, or the
-    bootstrap interval covers 0 (either way of looking at the data fails to separate the two)."""
-    return bool(p_value >= settings.SIGNIFICANCE or interval[0] <= 0 <= interval[1])
+    bootstrap interval reaches across 0 (either way of looking at the data fails to separate the two). An interval
+    that only touches 0 does not count: against a perfect best model (AUC 1 in many resamples) the difference can
+    never be above 0, so its upper end sits at 0 even for a clearly worse model."""
+    return bool(p_value >= settings.SIGNIFICANCE or interval[0] < 0 < interval[1])
 
 
 def align_predictions(frames: Sequence[pd.DataFrame], names: Sequence[str]) -> tuple[pd.DataFrame, np.ndarray]:

@@ -338,7 +338,7 @@ def verdict(table: pd.DataFrame) -> str:
     if tied.empty:
         return f"Every other model's ROC AUC is told apart from the best one's ({best})."
     return (f"Cannot be told apart from the best ({best}) on these test films (DeLong p >= "
-            f"{settings.SIGNIFICANCE} or the difference's interval covers 0): {', '.join(tied)}.")
+            f"{settings.SIGNIFICANCE} or the difference's interval reaches across 0): {', '.join(tied)}.")
 
 
 def to_markdown(table: pd.DataFrame, missing: Sequence[Failure] = ()) -> str:
@@ -379,7 +379,7 @@ With several seeds a row is the mean over them and <code>_std</code> their stand
 <code>auc_diff_vs_best</code>: this model's ROC AUC minus the best one's on the same films (seed-averaged
 probabilities), with a 95 % interval that resamples the same patients for both; <code>delong_p_vs_best</code>:
 DeLong's test of no difference; <code>vs_best</code> says <em>indistinguishable</em> when p &ge;
-{settings.SIGNIFICANCE} or the interval covers 0. <code>brier</code>: mean squared error of P(pneumonia) (0 is
+{settings.SIGNIFICANCE} or the interval reaches across 0. <code>brier</code>: mean squared error of P(pneumonia) (0 is
 perfect, 0.25 a constant 0.5); <code>ece</code>: expected calibration error, the average gap between the predicted
 probability and the observed share of pneumonia ({settings.CALIBRATION_BINS} bins). {ENSEMBLE}: the mean
 probability of the finished backbones, evaluated like one.</p>
