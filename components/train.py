@@ -13,8 +13,8 @@ def train_backbone(processed: Input[Dataset], backbone: str, epochs: int, batch_
     on a volume, a retried pod too); a training that fails for good leaves failure.json for the report."""
     from cxr import settings
     from cxr.failures import Failure, write_failure
+    from cxr.training.plan import TrainSettings, headline_metrics, pipeline_checkpoint
     from cxr.training.supervise import train_supervised
-    from cxr.training.train import TrainSettings, headline_metrics, pipeline_checkpoint
 
     options = TrainSettings(backbone=backbone, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                             dense_units=dense_units, dropout=dropout, image_size=image_size, weights=weights,

@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from cxr import settings
 from cxr.errors import UserError
 from cxr.training.backbones import BACKBONES, get_backbone, input_size
 from cxr.training.model import build_model
@@ -97,7 +98,7 @@ def test_frozen_backbone_trains_the_head_only():
 
 
 def test_plan_lists_every_backbone_and_seed_and_refuses_repeats():
-    from cxr.training.backbones import plan_runs
+    from cxr.training.plan import plan_runs
 
     assert plan_runs(["vgg16", "MobileNet"], [42, 7.0]) == [
         {"backbone": "VGG16", "seed": 42}, {"backbone": "VGG16", "seed": 7},
@@ -112,3 +113,14 @@ def test_plan_lists_every_backbone_and_seed_and_refuses_repeats():
         plan_runs(["VGG16"], [1.5])
     with pytest.raises(UserError, match="empty"):
         plan_runs([], [42])
+
+
+def test_the_plan_knows_the_registrys_backbones_without_importing_tensorflow():
+    import subprocess
+    import sys
+
+    assert [b.name for b in BACKBONES.values()] == list(settings.BACKBONES)
+    check = ("import sys, cxr.training.plan, cxr.training.supervise; "
+             "print(sorted({'tensorflow', 'keras', 'jax'} & set(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"  # the plan step and the train task's parent start light

@@ -100,7 +100,7 @@ def test_bad_settings_fail_with_one_line_naming_them(processed_dataset, tmp_path
 
 
 def test_pipeline_checkpoints_are_per_run_backbone_and_seed_or_temporary(tmp_path):
-    from cxr.training.train import pipeline_checkpoint
+    from cxr.training.plan import pipeline_checkpoint
 
     assert pipeline_checkpoint(str(tmp_path), "run-7", "resnet50", 3) == tmp_path / "run-7" / "resnet50-seed3"
     temporary = pipeline_checkpoint("", "run-7", "VGG16", 42)
@@ -108,7 +108,7 @@ def test_pipeline_checkpoints_are_per_run_backbone_and_seed_or_temporary(tmp_pat
 
 
 def test_headline_training_metrics_are_the_best_epoch_and_the_costs():
-    from cxr.training.train import headline_metrics
+    from cxr.training.plan import headline_metrics
 
     metrics = {"best": {"loss": 0.123456, "accuracy": 0.9, "val_loss": 0.2, "val_accuracy": 0.85},
                "epochs_run": 7, "best_epoch": 4, "learning_time_seconds": 61.234, "images_per_second": 812.66}

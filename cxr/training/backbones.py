@@ -10,6 +10,7 @@ import keras
 
 from cxr import settings
 from cxr.errors import UserError
+from cxr.training.plan import canonical_backbone
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,7 @@ class BackbonePreprocessing(keras.layers.Layer):
 
 def get_backbone(name: str) -> Backbone:
     """The backbone called `name`, in any letter case."""
-    try:
-        return BACKBONES[name.lower()]
-    except KeyError:
-        valid = ", ".join(b.name for b in BACKBONES.values())
-        raise UserError(f"unknown backbone {name!r}; valid: {valid}") from None
+    return BACKBONES[canonical_backbone(name).lower()]
 
 
 def input_size(backbone: Backbone, requested: int) -> int:
@@ -76,24 +73,3 @@ def input_size(backbone: Backbone, requested: int) -> int:
         return backbone.min_size
     return requested
 
-
-def plan_runs(names: list[str], seeds: list[int]) -> list[dict]:
-    """One training per backbone and seed, {"backbone": canonical name, "seed": int}, checked before any work:
-    an unknown name, a backbone listed twice (in any letter case: both would share one checkpoint) or a repeated
-    seed is refused with one line."""
-    if not names:
-        raise UserError("backbones: the list is empty")
-    if not seeds:
-        raise UserError("seeds: the list is empty")
-    canonical = [get_backbone(str(name)).name for name in names]
-    for name in canonical:
-        if canonical.count(name) > 1:
-            spellings = ", ".join(str(n) for n in names if get_backbone(str(n)).name == name)
-            raise UserError(f"backbones: {name} is listed more than once ({spellings})")
-    # KFP hands list parameters over as JSON numbers, so 42 may arrive as 42.0.
-    if any(isinstance(seed, bool) or not isinstance(seed, int | float) or seed != int(seed) for seed in seeds):
-        raise UserError(f"seeds: expected whole numbers, got {seeds}")
-    seeds = [int(seed) for seed in seeds]
-    if len(set(seeds)) != len(seeds):
-        raise UserError(f"seeds: a seed is repeated in {seeds}")
-    return [{"backbone": name, "seed": seed} for name in canonical for seed in seeds]

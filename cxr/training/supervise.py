@@ -24,7 +24,7 @@ from cxr import files
 from cxr.errors import UserError
 
 if TYPE_CHECKING:  # the parent stays light: TensorFlow is imported by the child alone
-    from cxr.training.train import TrainSettings
+    from cxr.training.plan import TrainSettings
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,8 @@ def train_supervised(data_dir: Path, out: Path, options: TrainSettings, checkpoi
 
 
 def _child(request_json: str) -> int:
-    from cxr.training.train import TrainSettings, train
+    from cxr.training.plan import TrainSettings
+    from cxr.training.train import train
 
     request = json.loads(request_json)
     try:

@@ -12,9 +12,7 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -28,37 +26,9 @@ from cxr.outputs import claim
 from cxr.serving.trained import write_preprocessing
 from cxr.training.backbones import get_backbone, input_size
 from cxr.training.model import build_model
+from cxr.training.plan import TrainSettings
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    backbone: str
-    epochs: int = settings.EPOCHS
-    batch_size: int = settings.BATCH_SIZE
-    learning_rate: float = settings.LEARNING_RATE
-    dense_units: int = settings.DENSE_UNITS
-    dropout: float = settings.DROPOUT
-    image_size: int = settings.IMAGE_SIZE  # 0 = the backbone's native size
-    weights: str = settings.WEIGHTS
-    freeze_backbone: bool = settings.FREEZE_BACKBONE
-    patience: int = settings.PATIENCE
-    seed: int = settings.SEED
-    mixed_precision: bool | None = None  # None: on when a GPU is present
-    xla: bool | None = None  # None: on when a GPU is present
-
-    def validate(self) -> None:
-        """Refuse settings that cannot train, before any work (one line naming the option)."""
-        for name in ("epochs", "batch_size", "dense_units", "patience"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.batch_size > settings.MAX_BATCH_SIZE:
-            raise UserError(f"--batch-size must be at most {settings.MAX_BATCH_SIZE}, got {self.batch_size}")
-        if not 0 < self.learning_rate < math.inf:
-            raise UserError(f"--lr must be a positive number, got {self.learning_rate}")
-        if not 0 <= self.dropout < 1:
-            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
 
 
 def class_weights(counts: dict[str, int]) -> dict[int, float]:
@@ -153,23 +123,6 @@ class ResumableTraining(keras.callbacks.Callback):
               f"{self.train_images / seconds:,.0f} img/s"
               + (f" | early stop, best epoch {state['best_epoch']}" if state["stopped_epoch"] else ""),
               flush=True)
-
-
-def pipeline_checkpoint(root: str, run_id: str, backbone: str, seed: int) -> Path:
-    """Where a pipeline's train task keeps its checkpoint: per run, backbone and seed under `root` (a volume that
-    outlives the pod, so a retried task finds it), or in a fresh temporary folder when `root` is empty, which
-    keeps checkpoints out of the uploaded model artifact."""
-    base = Path(root) if root else Path(tempfile.mkdtemp(prefix="checkpoint-"))
-    return base / run_id / f"{get_backbone(backbone).name.lower()}-seed{seed}"
-
-
-def headline_metrics(metrics: dict) -> dict[str, float]:
-    """The training scalars a dashboard shows (the KFP UI's metrics table): best-epoch loss and accuracy,
-    epochs, learning time, throughput."""
-    scalars = {name: round(value, 4) for name, value in metrics["best"].items()}
-    for name in ("epochs_run", "best_epoch", "learning_time_seconds", "images_per_second"):
-        scalars[name] = round(float(metrics[name]), 2)
-    return scalars
 
 
 def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | None = None,
