@@ -74,7 +74,8 @@ def test_an_image_too_large_to_decode_safely_is_skipped_not_fatal(raw_dataset, t
     assert "too large to decode safely" in stats["skipped"][0]["reason"]
 
 
-@pytest.mark.parametrize("command", ["synth", "ingest", "preprocess", "train", "evaluate", "report"])
+@pytest.mark.parametrize("command", ["synth", "ingest", "preprocess", "train", "evaluate", "report", "explain",
+                                     "export"])
 def test_an_output_path_that_is_a_file_or_cannot_be_created_is_one_line(command, processed_dataset, raw_dataset,
                                                                        evaluated_results, tmp_path, capsys):
     model = evaluated_results["MobileNet"].parent / "MobileNet-model"
@@ -86,6 +87,10 @@ def test_an_output_path_that_is_a_file_or_cannot_be_created_is_one_line(command,
                               "--weights", "none", "--image-size", "32", "--device", "cpu"],
         "evaluate": lambda out: ["evaluate", "--data", str(processed_dataset), "--model", str(model), "--out", out],
         "report": lambda out: ["report", str(evaluated_results["MobileNet"]), "--out", out],
+        "explain": lambda out: ["explain", "--data", str(processed_dataset), "--model", str(model), "--result",
+                                str(evaluated_results["MobileNet"]), "--out", out],
+        "export": lambda out: ["export", "--model", str(model), "--result", str(evaluated_results["MobileNet"]),
+                               "--out", out],
     }[command]
     a_file = tmp_path / "a-file"
     a_file.write_text("mine")
@@ -94,6 +99,24 @@ def test_an_output_path_that_is_a_file_or_cannot_be_created_is_one_line(command,
     assert a_file.read_text() == "mine"
     assert main(arguments("/proc/cxr-cannot/be-here")) == 2
     _one_error_line(capsys, "/proc/cxr-cannot/be-here", "cannot create")
+
+
+def test_predict_into_a_place_it_cannot_write_is_one_line(evaluated_results, synthetic_archive, capsys):
+    film = next(synthetic_archive.rglob("*.jpeg"))
+    assert main(["predict", "--model", str(evaluated_results["MobileNet"].parent / "MobileNet-model"), "--result",
+                 str(evaluated_results["MobileNet"]), str(film), "--out", "/proc/cxr-cannot/p.csv"]) == 2
+    _one_error_line(capsys, "/proc/cxr-cannot/p.csv", "cannot write it")
+
+
+def test_explain_never_writes_into_someone_elses_folder(processed_dataset, evaluated_results, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert main(["explain", "--data", str(processed_dataset), "--model",
+                 str(evaluated_results["MobileNet"].parent / "MobileNet-model"), "--result",
+                 str(evaluated_results["MobileNet"]), "--out", str(mine)]) == 2
+    _one_error_line(capsys, str(mine), "not written by cxr")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 def test_evaluate_and_report_never_write_over_files_they_did_not_write(processed_dataset, evaluated_results,

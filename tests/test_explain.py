@@ -66,8 +66,12 @@ def test_explain_writes_the_panel_heatmaps_and_their_films(lesion_study):
     evaluated = pd.read_csv(lesion_study / "model" / files.PREDICTIONS).set_index("source")
     np.testing.assert_allclose(table["probability"], evaluated.loc[table["source"], "probability"], atol=1e-4)
     assert (out / files.gradcam_panel("MobileNet")).stat().st_size > 10_000
-    with pytest.raises(UserError, match="exists already"):
-        ex.explain(lesion_study / "data", lesion_study / "model", None, out, films=6)
+    # The same explanation again reuses the finished folder; another one into it is refused.
+    stamp = (out / files.EXPLAIN_SUMMARY).stat().st_mtime_ns
+    assert ex.explain(lesion_study / "data", lesion_study / "model", None, out, films=6) == summary
+    assert (out / files.EXPLAIN_SUMMARY).stat().st_mtime_ns == stamp
+    with pytest.raises(UserError, match="other settings"):
+        ex.explain(lesion_study / "data", lesion_study / "model", None, out, films=5)
 
 
 def test_films_are_chosen_by_outcome_most_confident_first():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pandas as pd
 from cxr import files, settings
 from cxr.errors import UserError
 from cxr.failures import read_failure
+from cxr.outputs import claim, read_json
 from cxr.results.report import embedded_png
 
 OUTCOMES = ("TP", "FN", "FP", "TN")  # the panel's order: hits and misses on pneumonia first
@@ -241,16 +243,28 @@ def explain(data_dir: Path, model_dir: Path, result_dir: Path | None, out: Path,
     """Grad-CAM of `films` test films chosen from result_dir's predictions (default model_dir: train and evaluate
     sharing a folder), and of `films` films shared by every backbone; with `lesions`, the pointing game on every
     test film that has boxes. Writes <Backbone>_gradcam.png, .npy (heatmaps [n, size, size]), .csv (their
-    films, in the .npy's order), <Backbone>_films.npy (the films) and explain.json into `out`; returns the summary."""
-    from cxr.data.reader import read_split
-    from cxr.serving.trained import backbone_name, find_threshold, load_model
-
+    films, in the .npy's order), <Backbone>_films.npy (the films) and explain.json into `out`; returns the summary.
+    A rerun with the same inputs on a finished `out` reuses it."""
     model_dir, out = Path(model_dir), Path(out)
     result_dir = Path(result_dir) if result_dir is not None else model_dir
     if films < 1:
         raise UserError(f"--films must be at least 1, got {films}")
-    if (out / files.EXPLAIN_SUMMARY).exists():
-        raise UserError(f"{out / files.EXPLAIN_SUMMARY} exists already; choose another --out folder")
+    inputs = {"model": str(model_dir.resolve()), "result": str(result_dir.resolve()), "films": films,
+              "lesions": str(Path(lesions).resolve()) if lesions is not None else None}
+    with claim(out, "explain", inputs) as output:
+        if output.finished and (out / files.EXPLAIN_SUMMARY).is_file():
+            print(f"explain: {out} already holds this explanation; reusing it", file=sys.stderr)
+            return read_json(out / files.EXPLAIN_SUMMARY)
+        summary = _explain(Path(data_dir), model_dir, result_dir, out, films, lesions, batch_size)
+        output.finish()
+    return summary
+
+
+def _explain(data_dir: Path, model_dir: Path, result_dir: Path, out: Path, films: int, lesions: Path | None,
+             batch_size: int) -> dict:
+    from cxr.data.reader import read_split
+    from cxr.serving.trained import backbone_name, find_threshold, load_model
+
     if not (result_dir / files.PREDICTIONS).is_file():
         raise UserError(f"missing {result_dir / files.PREDICTIONS}: pass --result (the --out folder of "
                         "`cxr evaluate`)")
@@ -294,7 +308,6 @@ def explain(data_dir: Path, model_dir: Path, result_dir: Path | None, out: Path,
     table["hit"] = [inside(p, boxes[s]) if s in boxes else None for p, s in zip(points, order, strict=True)]
     heatmaps = upsample(maps, size)
 
-    out.mkdir(parents=True, exist_ok=True)
     pixels = np.stack([found[s][0] for s in order])
     np.save(out / files.gradcam_heatmaps(backbone), heatmaps)
     np.save(out / files.explained_films(backbone), pixels)

@@ -11,12 +11,14 @@ on a few pixels, then comes the reader's own resize (cxr.data.reader.resize_film
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from cxr import files, settings
 from cxr.errors import UserError
 from cxr.failures import read_failure
+from cxr.outputs import claim
 from cxr.serving.trained import Preprocessing, find_threshold, load_model, read_preprocessing
 
 # TF Serving (also KServe's tensorflow predictor) decodes {"b64": ...} for any string input; Vertex AI only for
@@ -95,14 +97,23 @@ def serving_function(model, prep: Preprocessing, threshold: float):
 
 def export(model_dir: Path, out: Path, result_dir: Path | None = None, threshold: float | None = None) -> Path:
     """Write model_dir's model as a SavedModel to out/1/ (TF Serving's layout: point its model base path, or a
-    KServe storageUri, at `out`) and return out/1. Refuses a non-empty `out`."""
+    KServe storageUri, at `out`) and return out/1. `out` is an owned output folder (cxr.outputs): a rerun of the
+    same export on a finished `out` reuses it, anything else in it is refused."""
+    out, model_dir = Path(out), Path(model_dir)
+    threshold = find_threshold(model_dir, result_dir, threshold)
+    with claim(out, "export", {"model": str(model_dir.resolve()), "threshold": threshold}) as output:
+        if output.finished and (out / VERSION / "saved_model.pb").is_file():
+            print(f"export: {out} already holds this export; reusing it", file=sys.stderr)
+            return out / VERSION
+        target = _export(model_dir, out, threshold)
+        output.finish()
+    return target
+
+
+def _export(model_dir: Path, out: Path, threshold: float) -> Path:
     import keras
     import tensorflow as tf
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} is not empty; choose an empty or new --out folder")
-    threshold = find_threshold(model_dir, result_dir, threshold)
     prep = read_preprocessing(model_dir)
     model = load_model(model_dir)
     archive = keras.export.ExportArchive()
@@ -153,6 +164,7 @@ def export_best_of(model_dirs: Sequence[Path], result_dirs: Sequence[Path], out:
     models = {key(d): Path(d) for d in model_dirs if key(d) is not None}
     pairs = [(models[key(r)], Path(r)) for r in result_dirs if key(r) is not None and key(r) in models]
     if not pairs:
+        Path(out).mkdir(parents=True, exist_ok=True)  # an output artifact KFP uploads even when empty
         return None
     backbone, _ = export_best(pairs, out)
     return backbone

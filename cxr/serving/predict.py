@@ -65,3 +65,5 @@ def write_predictions(table: pd.DataFrame, out: Path | None) -> None:
             table.to_csv(handle, index=False)
     except FileExistsError:
         raise UserError(f"{out} exists already; choose another --out") from None
+    except OSError as error:  # a missing or read-only folder, a path through a file
+        raise UserError(f"--out {out}: cannot write it ({error.strerror or error})") from None
