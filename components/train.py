@@ -12,7 +12,6 @@ def train_backbone(processed: Input[Dataset], backbone: str, epochs: int, batch_
     """Train one backbone in a watched child process: a crash resumes from the last epoch (with `checkpoint_root`
     on a volume, a retried pod too); a training that fails for good leaves failure.json for the report."""
     from cxr import settings
-    from cxr.failures import Failure, write_failure
     from cxr.training.plan import TrainSettings, headline_metrics, pipeline_checkpoint
     from cxr.training.supervise import train_supervised
 
@@ -22,8 +21,7 @@ def train_backbone(processed: Input[Dataset], backbone: str, epochs: int, batch_
     outcome = train_supervised(processed.path, model.path, options, device=device, attempts=settings.TRAIN_ATTEMPTS,
                                checkpoint=pipeline_checkpoint(checkpoint_root, run_id, backbone, seed))
     model.metadata.update({"backbone": backbone, "seed": seed})
-    if outcome.failure:
-        write_failure(model.path, Failure(backbone, seed, "train", outcome.failure))
+    if outcome.failure:  # failure.json is in the model folder: evaluate passes it on to the report
         model.metadata["failure"] = outcome.failure
         return
     metrics = outcome.metrics

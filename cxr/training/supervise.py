@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from cxr import files
 from cxr.errors import UserError
+from cxr.failures import Failure, write_failure
 
 if TYPE_CHECKING:  # the parent stays light: TensorFlow is imported by the child alone
     from cxr.training.plan import TrainSettings
@@ -60,7 +61,16 @@ def _run_child(request: dict) -> tuple[int, str]:
 
 def train_supervised(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path, device: str,
                      attempts: int) -> Outcome:
-    """Train in a child process, starting it again after a crash (resuming), `attempts` starts at most."""
+    """Train in a child process, starting it again after a crash (resuming), `attempts` starts at most. A training
+    that fails for good leaves failure.json in `out` (cxr.failures), where the evaluate step passes it on."""
+    outcome = _supervise(data_dir, out, options, checkpoint, device, attempts)
+    if outcome.failure:
+        write_failure(out, Failure(options.backbone, options.seed, "train", outcome.failure))
+    return outcome
+
+
+def _supervise(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path, device: str,
+               attempts: int) -> Outcome:
     if attempts < 1:
         raise UserError(f"training attempts must be at least 1, got {attempts}")
     counter = attempts_file(Path(checkpoint))
