@@ -26,9 +26,15 @@ from components import (
     verdict,
 )
 from cxr import settings
+from cxr.training.plan import PIPELINE, TrainSettings
 
 YAML = Path(__file__).with_suffix(".yaml")
 CHECKPOINT_MOUNT = "/checkpoints"
+
+
+def pipeline_options(parameters: dict) -> dict:
+    """The pipeline's parameters that are TrainSettings' pipeline options, by name, for every train task."""
+    return {option.name: parameters[option.name] for option in TrainSettings.options(PIPELINE)}
 
 
 def on_gpu_node(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -82,10 +88,8 @@ def chest_xray_benchmark(
     # task (cxr.training.supervise), so every branch yields a result and the fan-in always runs: a failed
     # iteration would stop the aggregate on KFP 2.17 (its driver and Argo compiler have no partial fan-in).
     with dsl.ParallelFor(plan.output, parallelism=settings.PARALLELISM, name="for-each-training") as run:
-        train = train_backbone(processed=preprocess.outputs["processed"], backbone=run.backbone, epochs=epochs,
-                               batch_size=batch_size, learning_rate=learning_rate, dense_units=dense_units,
-                               dropout=dropout, image_size=image_size, weights=weights, patience=patience,
-                               seed=run.seed, device=device, checkpoint_root=checkpoint_root,
+        train = train_backbone(processed=preprocess.outputs["processed"], backbone=run.backbone, seed=run.seed,
+                               **pipeline_options(locals()), device=device, checkpoint_root=checkpoint_root,
                                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         on_gpu_node(train.set_display_name("train").set_retry(settings.TRAIN_RETRIES).set_caching_options(False))
         if settings.CHECKPOINT_PVC:
