@@ -282,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        settings.check_environment()
         args.handler(args)
     except UserError as error:
         print(f"cxr {args.command}: error: {error}", file=sys.stderr)

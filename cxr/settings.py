@@ -8,7 +8,47 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
+
+from cxr.errors import UserError
+
+# --- Settings read from the environment ---------------------------------------------------------------------
+
+# A value that cannot be used is recorded here, its default used meanwhile, and check_environment() names it in
+# one line when a command starts: an exception at import would be a traceback before the CLI can say anything.
+_ENVIRONMENT_PROBLEMS: list[str] = []
+
+
+def _from_environment(name: str, default: str, parse: Callable[[str], object], expected: str):
+    text = os.environ.get(name)
+    if text is None:
+        return parse(default)
+    try:
+        return parse(text)
+    except ValueError:
+        _ENVIRONMENT_PROBLEMS.append(f"{name}={text!r}: expected {expected}")
+        return parse(default)
+
+
+def _whole_number_from(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise ValueError(text)
+        return value
+    return parse
+
+
+def check_environment() -> None:
+    """Refuse, in one line naming the variable, an environment setting cxr reads but cannot use: CXR_* values
+    and KERAS_BACKEND (Keras itself fails with a traceback on a backend that is unknown or not installed)."""
+    keras_backend = os.environ.get("KERAS_BACKEND")
+    if keras_backend is not None and keras_backend not in KERAS_BACKENDS:
+        raise UserError(f"KERAS_BACKEND={keras_backend!r}: cxr runs on {' or '.join(KERAS_BACKENDS)}")
+    if _ENVIRONMENT_PROBLEMS:
+        raise UserError(_ENVIRONMENT_PROBLEMS[0])
+
 
 # --- The dataset (GUIDE section 2) -------------------------------------------------------------------------
 
@@ -107,7 +147,7 @@ VERSION = _version()
 COMPONENT_IMAGE = os.environ.get("CXR_IMAGE", f"localhost/cxr-bench:{VERSION}-gpu")
 PIPELINE_NAME = "chest-xray-backbone-benchmark"
 # Trains at once; five = the seed's five backbones side by side when the cluster has five GPUs.
-PARALLELISM = int(os.environ.get("CXR_PARALLELISM", "5"))
+PARALLELISM = _from_environment("CXR_PARALLELISM", "5", _whole_number_from(1), "a whole number >= 1")
 # The GPU node pool the train tasks select and tolerate; the defaults match k8s/kind/cluster.yaml.tmpl.
 GPU_NODE_SELECTOR = os.environ.get("CXR_GPU_NODE_SELECTOR", "nvidia.com/gpu.present=true")
 GPU_TOLERATION_KEY = "nvidia.com/gpu"
@@ -119,7 +159,7 @@ TRAIN_RETRIES = 3  # pod retries: a preempted GPU node resumes from the last epo
 # Starts of the training process per backbone and seed, pod retries included (counted on the checkpoint volume):
 # fewer than the TRAIN_RETRIES + 1 pods, so the last pod records the failure and the comparison goes on without
 # that backbone. Read when the task runs; CXR_TRAIN_ATTEMPTS overrides it (the tests set 1).
-TRAIN_ATTEMPTS = int(os.environ.get("CXR_TRAIN_ATTEMPTS", "3"))
+TRAIN_ATTEMPTS = _from_environment("CXR_TRAIN_ATTEMPTS", "3", _whole_number_from(1), "a whole number >= 1")
 # A PersistentVolumeClaim mounted on the train tasks for their checkpoints (k8s/base/checkpoints-pvc.yaml), so
 # that a retry on another pod resumes; "" leaves checkpoints in the pod, lost with it.
 CHECKPOINT_PVC = os.environ.get("CXR_CHECKPOINT_PVC", "cxr-checkpoints")

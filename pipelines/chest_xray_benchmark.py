@@ -9,6 +9,7 @@ from the environment at compile time, through cxr.settings: the image (CXR_IMAGE
 """
 
 import argparse
+import sys
 from pathlib import Path
 from typing import List
 
@@ -26,6 +27,7 @@ from components import (
     verdict,
 )
 from cxr import settings
+from cxr.errors import UserError
 from cxr.training.plan import PIPELINE, TrainSettings
 
 YAML = Path(__file__).with_suffix(".yaml")
@@ -115,6 +117,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", type=Path, default=YAML)
     args = parser.parse_args()
+    try:
+        settings.check_environment()
+    except UserError as error:
+        sys.exit(f"compile: error: {error}")
     compiler.Compiler().compile(chest_xray_benchmark, str(args.output))
     print(f"compiled {args.output} (image {settings.COMPONENT_IMAGE}, parallelism {settings.PARALLELISM}, "
           f"GPU nodes {settings.GPU_NODE_SELECTOR}, checkpoint volume {settings.CHECKPOINT_PVC or 'none'})")
