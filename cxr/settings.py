@@ -50,7 +50,7 @@ def check_environment() -> None:
         raise UserError(_ENVIRONMENT_PROBLEMS[0])
 
 
-# --- The dataset (GUIDE section 2) -------------------------------------------------------------------------
+# --- The dataset (docs/decisions.md, "The dataset") ----------------------------------------------------------
 
 KAGGLE_DATASET = "paultimothymooney/chest-xray-pneumonia"
 SPLITS = ("train", "val", "test")
@@ -62,8 +62,9 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 # Stored once at the largest native input of the five backbones (InceptionV3, Xception: 299), so that every
 # backbone reads the same pixels; 224-px backbones are resized down on read.
 PROCESSED_IMAGE_SIZE = 299
-# The official val split holds 16 images (GUIDE section 2), so validation is carved out of train by patient.
-# 10 % of the pooled train images keeps about 520 images for validation, enough for a stable threshold.
+# The official val split holds 16 images, so validation is carved out of train by patient (docs/decisions.md,
+# "The patient split"). 10 % of the pooled train images keeps about 520 images for validation, enough for a stable
+# threshold.
 VAL_FRACTION = 0.1
 # "patient": official test kept, train+val re-split by patient. "official": the Kaggle folders as they are.
 SPLIT_MODE = "patient"
@@ -73,7 +74,7 @@ SHARD_SIZE = 512
 SEED = 42  # the split's and the default training seed
 SEEDS = [42]  # training seeds of the pipeline: one training per backbone and seed (the demo keeps one)
 
-# --- The model and its training (the seed, ../shared/seed/README.md section 4) --------------------------
+# --- The model and its training (the seed: docs/decisions.md, "The seed study") -----------------------------
 
 BACKBONES = ("MobileNet", "InceptionV3", "Xception", "ResNet50", "VGG16")  # the seed's five, in its order
 WEIGHTS = "imagenet"  # the seed; "none" or a path to a .weights.h5 file for clusters without internet
@@ -87,7 +88,7 @@ PATIENCE = 5
 # Keras' default batch size, which the seed's notebook used (flow_from_directory); fits every backbone at
 # 299 px in 16 GB of GPU memory with mixed precision.
 BATCH_SIZE = 32
-IMAGE_SIZE = 0  # 0 = each backbone's native input size (224 or 299, GUIDE section 5)
+IMAGE_SIZE = 0  # 0 = each backbone's native input size (docs/decisions.md, "Training")
 # Upper bounds checked before any work, so a typo cannot eat the machine's memory: 1024 px is 3.4x the largest
 # native input (a 1024-px VGG16 batch of 32 already needs about 60 GB of activations), and 1024 films a batch is
 # 32x Keras' default.
@@ -103,7 +104,7 @@ DEVICE = "gpu"  # the pipeline's train tasks: a task that asked for a GPU and go
 # Keras backends training runs on (KERAS_BACKEND): TensorFlow by default; JAX compiles every step with XLA
 # and, on the Keras team's benchmarks, is often the fastest for CNN training (docs/performance.md).
 KERAS_BACKENDS = ("tensorflow", "jax")
-# Mixed-precision policy on a GPU, per backend: float16 with TensorFlow's loss scaling (GUIDE section 5);
+# Mixed-precision policy on a GPU, per backend: float16 with TensorFlow's loss scaling (docs/decisions.md);
 # bfloat16 on JAX, which needs no loss scaling and which Ampere and later GPUs (A100, H100, H200) run at the
 # float16 rate.
 MIXED_PRECISION_POLICY = {"tensorflow": "mixed_float16", "jax": "mixed_bfloat16"}
