@@ -95,6 +95,11 @@ IMAGE_SIZE = 0  # 0 = each backbone's native input size (docs/decisions.md, "Tra
 MAX_IMAGE_SIZE = 1024
 MAX_BATCH_SIZE = 1024
 FREEZE_BACKBONE = False  # the seed fine-tuned the whole network
+# How a backbone is trained: "finetune" updates the whole network end to end (the seed's protocol); "frozen" keeps
+# the backbone fixed and trains the head on its features (Kermany et al. 2018 trained on frozen InceptionV3 features).
+# A training or result that names no regime was fine-tuned: it was written before regimes existed.
+REGIMES = ("finetune", "frozen")
+DEFAULT_REGIME = "finetune"
 # BatchNormalization momentum when training from scratch (weights "none", the CPU demo and tests). Measured on
 # synthetic data: MobileNet's validation accuracy stayed at the majority class for 6 epochs with Keras' 0.99,
 # and reached 0.91 by epoch 5 with 0.9. ImageNet-initialised backbones keep Keras' default.
@@ -116,6 +121,8 @@ GPU_MEMORY_FRACTION = os.environ.get("CXR_GPU_MEMORY_FRACTION", "")
 
 # --- Evaluation --------------------------------------------------------------------------------------------
 
+# The first operating point: P(pneumonia) >= 0.5, the threshold of Keras' BinaryAccuracy that training reports.
+DEFAULT_THRESHOLD = 0.5
 BOOTSTRAP_SAMPLES = 1000  # resamples for the 95 % intervals; the interval ends move < 0.5 % beyond this
 CONFIDENCE = 0.95
 SIGNIFICANCE = 0.05  # DeLong p-value below which a backbone's AUC is told apart from the best one's
