@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import re
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -146,8 +146,9 @@ def _version() -> str:
         return importlib.metadata.version("cxr-bench")
     except importlib.metadata.PackageNotFoundError:
         pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
-        found = re.search(r'^version = "(.+)"$', pyproject.read_text(), re.MULTILINE) if pyproject.is_file() else None
-        return found.group(1) if found else "0+unknown"
+        if not pyproject.is_file():
+            return "0+unknown"
+        return tomllib.loads(pyproject.read_text())["project"]["version"]
 
 
 VERSION = _version()
