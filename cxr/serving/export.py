@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxr import artifacts, files, settings
+from cxr import artifacts, files, provenance, settings
 from cxr.errors import UserError
 from cxr.outputs import claim
 from cxr.serving.trained import Preprocessing, find_threshold, load_model, read_preprocessing
@@ -100,16 +100,17 @@ def export(model_dir: Path, out: Path, result_dir: Path | None = None, threshold
     same export on a finished `out` reuses it, anything else in it is refused."""
     out, model_dir = Path(out), Path(model_dir)
     threshold = find_threshold(model_dir, result_dir, threshold)
+    read_preprocessing(model_dir)  # before the claim: a wrong --model leaves --out free for the right one
     with claim(out, "export", {"model": str(model_dir.resolve()), "threshold": threshold}) as output:
         if output.finished and (out / VERSION / "saved_model.pb").is_file():
             print(f"export: {out} already holds this export; reusing it", file=sys.stderr)
             return out / VERSION
-        target = _export(model_dir, out, threshold)
+        target = _export(model_dir, out, threshold, provenance.export_record(model_dir, result_dir))
         output.finish()
     return target
 
 
-def _export(model_dir: Path, out: Path, threshold: float) -> Path:
+def _export(model_dir: Path, out: Path, threshold: float, record: dict) -> Path:
     import keras
     import tensorflow as tf
 
@@ -122,7 +123,7 @@ def _export(model_dir: Path, out: Path, threshold: float) -> Path:
     target = out / VERSION
     archive.write_out(str(target), verbose=False)
     (out / "cxr_export.json").write_text(json.dumps({
-        "model_dir": str(model_dir), "threshold": threshold, **prep.__dict__,
+        "model_dir": str(model_dir), "threshold": threshold, **prep.__dict__, "provenance": record,
         "signature": {"inputs": {INPUT_NAME: "string [batch]: JPEG or PNG bytes"},
                       "outputs": {"probability": "float32 [batch]", "decision": "string [batch]"}}}, indent=2))
     return target
