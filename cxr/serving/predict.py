@@ -6,6 +6,7 @@ probability `cxr evaluate` gave it. A file that cannot be read gets a row with t
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,9 +17,16 @@ import pandas as pd
 from cxr import settings
 from cxr.data.images import UnreadableImage
 from cxr.errors import UserError
+from cxr.outputs import new_file
 from cxr.serving.trained import find_threshold, load_model, read_film, read_preprocessing
 
 COLUMNS = ["file", "probability", "decision", "threshold", "error"]
+
+
+def shown_name(path: Path) -> str:
+    """The file name as text that can be written anywhere: bytes that are not UTF-8 (a name from another
+    system's encoding, which Python holds as lone surrogates) are shown as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
 def decision(probability: float, threshold: float) -> str:
@@ -38,7 +46,8 @@ def predict_files(model_dir: Path, films: Sequence[Path], result_dir: Path | Non
     pixels: list[np.ndarray] = []
     readable: list[int] = []
     for path in films:
-        rows.append({"file": str(path), "probability": np.nan, "decision": "", "threshold": threshold, "error": ""})
+        rows.append({"file": shown_name(path), "probability": np.nan, "decision": "", "threshold": threshold,
+                     "error": ""})
         try:
             pixels.append(read_film(path, prep))
             readable.append(len(rows) - 1)
@@ -55,15 +64,10 @@ def predict_files(model_dir: Path, films: Sequence[Path], result_dir: Path | Non
 
 
 def write_predictions(table: pd.DataFrame, out: Path | None) -> None:
-    """Write the table as CSV to `out`, or to stdout without one; never over an existing file."""
+    """Write the table as CSV to `out`, or to stdout without one; never over an existing file, and `out`
+    appears only once complete (cxr.outputs.new_file), so a failure never leaves a part that blocks a rerun."""
     if out is None:
         table.to_csv(sys.stdout, index=False)
         return
-    out = Path(out)
-    try:
-        with out.open("x") as handle:  # "x": fails if the file exists, with no window between check and write
-            table.to_csv(handle, index=False)
-    except FileExistsError:
-        raise UserError(f"{out} exists already; choose another --out") from None
-    except OSError as error:  # a missing or read-only folder, a path through a file
-        raise UserError(f"--out {out}: cannot write it ({error.strerror or error})") from None
+    with new_file(Path(out)) as handle:
+        table.to_csv(handle, index=False)
