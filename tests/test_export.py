@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 
 from cxr import files
@@ -121,19 +120,6 @@ def test_best_candidate_is_chosen_on_validation(tmp_path):
         (tmp_path / name / files.METRICS).write_text(json.dumps({"validation": {"roc_auc": auc, "loss": loss}}))
         candidates.append((tmp_path / f"{name}-model", tmp_path / name))
     assert best_candidate(candidates) == (tmp_path / "c-model", tmp_path / "c")
-
-
-def test_the_kserve_manifest_serves_a_tensorflow_savedmodel():
-    """KServe's CRDs are not in kubernetes-validate's schemas: check the fields KServe's v1beta1 API needs."""
-    from pathlib import Path
-
-    manifest = yaml.safe_load(Path("k8s/serving/inferenceservice.yaml").read_text())
-    assert manifest["apiVersion"] == "serving.kserve.io/v1beta1" and manifest["kind"] == "InferenceService"
-    assert manifest["metadata"]["name"]
-    predictor = manifest["spec"]["predictor"]
-    assert predictor["model"]["modelFormat"]["name"] == "tensorflow"
-    assert predictor["model"]["storageUri"].startswith(("gs://", "s3://", "pvc://"))
-    assert set(predictor["model"]["resources"]) == {"requests", "limits"}
 
 
 def test_export_refuses_an_out_inside_the_model_folder(trained, capsys):

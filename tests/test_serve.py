@@ -278,3 +278,33 @@ def test_sigterm_ends_it_cleanly(server):
     assert "Shutting down" in server.log.read_text()
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{server.url}/v2/health/ready", timeout=5)
+
+
+def test_the_inferenceservice_runs_cxr_serve_in_the_projects_image():
+    """KServe's CRD is not in kubernetes-validate's schemas: the predictor's container is checked as a Pod's
+    container against the Kubernetes schema, and its command line against cxr's own parser."""
+    import kubernetes_validate
+    import yaml
+
+    from cxr import settings
+    from cxr.cli import build_parser
+    from tests.test_deploy import KUBERNETES_VERSION, ROOT
+
+    [manifest] = yaml.safe_load_all((ROOT / "k8s/serving/inferenceservice.yaml").read_text())
+    assert (manifest["apiVersion"], manifest["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    assert manifest["metadata"]["name"] == settings.SERVE_MODEL_NAME
+    [container] = manifest["spec"]["predictor"]["containers"]
+    kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},
+                                  "spec": {"containers": [container]}}, KUBERNETES_VERSION, strict=True)
+    assert container["name"] == "kserve-container"  # the name KServe gives STORAGE_URI and /mnt/models to
+    assert container["image"] == settings.COMPONENT_IMAGE.rsplit(":", 1)[0] + f":{settings.VERSION}-cpu"
+    assert container["command"] == ["cxr", "serve"]
+    args = build_parser().parse_args(["serve", *container["args"]])
+    assert args.host == "0.0.0.0" and args.name == settings.SERVE_MODEL_NAME
+    assert str(args.model).startswith("/mnt/models/") and str(args.result).startswith("/mnt/models/")
+    assert [p["containerPort"] for p in container["ports"]] == [args.port] == [
+        container["readinessProbe"]["httpGet"]["port"]]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"  # a route the server answers
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["STORAGE_URI"].startswith(("gs://", "s3://", "pvc://"))
+    assert not any(p.name != "inferenceservice.yaml" for p in (ROOT / "k8s/serving").iterdir())  # no TF Serving
