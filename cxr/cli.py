@@ -94,10 +94,10 @@ def _explain(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from cxr.serving.predict import predict_files, write_predictions
+    from cxr.serving.predict import check_output, predict_files, write_predictions
 
-    if args.out is not None and args.out.exists():
-        raise UserError(f"{args.out} exists already; choose another --out")
+    if args.out is not None:
+        check_output(args.out)
     table = predict_files(args.model, args.films, result_dir=args.result, threshold=args.threshold,
                           batch_size=args.batch_size)
     write_predictions(table, args.out)

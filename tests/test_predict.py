@@ -163,3 +163,13 @@ def test_the_decision_at_and_next_to_a_probability(trained, raw_dataset, tmp_pat
         assert threshold_metrics(np.array([1]), np.array([probability]), threshold)["sensitivity"] == (
             expected == "PNEUMONIA")
         assert decide(np.array([probability], np.float32), threshold) == [expected]
+
+
+def test_predict_writes_no_csv_into_a_folder_a_command_owns(trained, raw_dataset, capsys):
+    film = str(sorted(raw_dataset.glob("test/NORMAL/*.jpeg"))[0])
+    for out in (trained / "predictions-new.csv", trained / "checkpoint" / "p.csv"):
+        assert main(["predict", "--model", str(trained), "--out", str(out), film]) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.startswith(f"cxr predict: error: --out {out} is inside {trained.resolve()}") and (
+            "`cxr train`" in error and "write the CSV elsewhere" in error) and "\n" not in error, error
+        assert not out.exists()

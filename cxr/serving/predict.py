@@ -18,6 +18,7 @@ import pandas as pd
 from cxr import settings
 from cxr.data.images import UnreadableImage
 from cxr.errors import UserError
+from cxr.outputs import owner_of
 from cxr.serving.trained import decide, find_threshold, load_model, probabilities_of, read_film, read_preprocessing
 
 COLUMNS = ["file", "probability", "decision", "threshold", "error"]
@@ -89,12 +90,24 @@ def predict_files(model_dir: Path, films: Sequence[Path], result_dir: Path | Non
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def check_output(out: Path) -> None:
+    """Before any work: `--out` must be a new file outside every folder a cxr command owns (a CSV among a
+    training's files would be taken for one of them)."""
+    if out.exists():
+        raise UserError(f"{out} exists already; choose another --out")
+    owner = owner_of(out.parent)
+    if owner is not None:
+        written = f" (written by {', '.join(f'`cxr {command}`' for command in owner[1])})" if owner[1] else ""
+        raise UserError(f"--out {out} is inside {owner[0]}, a folder cxr owns{written}; write the CSV elsewhere")
+
+
 def write_predictions(table: pd.DataFrame, out: Path | None) -> None:
     """Write the table as CSV to `out`, or to stdout without one; never over an existing file."""
     if out is None:
         table.to_csv(sys.stdout, index=False)
         return
     out = Path(out)
+    check_output(out)
     try:
         with out.open("x") as handle:  # "x": fails if the file exists, with no window between check and write
             table.to_csv(handle, index=False)
