@@ -36,7 +36,13 @@ SEEDS = [42]  # training seeds of the pipeline: one training per backbone and se
 # --- The model and its training (the seed, ../shared/seed/README.md section 4) --------------------------
 
 BACKBONES = ("MobileNet", "InceptionV3", "Xception", "ResNet50", "VGG16")  # the seed's five, in its order
-WEIGHTS = "imagenet"  # the seed; "none" or a path to a .weights.h5 file for clusters without internet
+# The seed. Also "none", a weights file for one backbone, or a folder or gs:// prefix holding the ImageNet files of
+# every backbone under the names keras.applications downloads them as (clusters without internet).
+WEIGHTS = "imagenet"
+# Where `weights=imagenet` finds the backbones' ImageNet files before Keras downloads them: a folder or a gs://
+# prefix laid out as `make weights` writes it (cxr/training/weights.py). `make images WEIGHTS=DIR` bakes the files
+# into the image and sets this, so that a cluster without internet starts from ImageNet; "" = download.
+IMAGENET_WEIGHTS = os.environ.get("CXR_IMAGENET_WEIGHTS", "")
 DENSE_UNITS = 16  # the seed: backbone - Flatten - Dense(16) - Dropout(0.5) - Dense
 DROPOUT = 0.5  # the seed
 LEARNING_RATE = 1e-5  # the seed: Adam(1e-5)
