@@ -136,7 +136,7 @@ def test_make_prints_the_real_cluster_commands():
     flat = " ".join(dry.replace("\\\n", " ").split())  # recipe lines joined, spaces collapsed
     for expected in [
         "k8s/kind/create-cluster.sh cxr k8s/kind/cluster.yaml.tmpl nvidia.com/gpu.present=true",
-        "helm upgrade -i nvidia-device-plugin nvdp/nvidia-device-plugin --version 0.17.1",
+        "helm upgrade -i nvidia-device-plugin nvdp/nvidia-device-plugin --version 0.20.0",
         "--namespace nvidia --create-namespace --reset-values --wait",  # GPU_SHARING=1: no time-slicing values
         'kubectl apply -k "github.com/kubeflow/pipelines/manifests/kustomize/cluster-scoped-resources?ref=2.17.0"',
         "kubectl wait --for condition=established --timeout=120s crd/applications.app.k8s.io",
