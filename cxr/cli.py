@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--dense-units", type=int, default=settings.DENSE_UNITS)
     sub.add_argument("--dropout", type=float, default=settings.DROPOUT)
     sub.add_argument("--image-size", type=int, default=settings.IMAGE_SIZE, help="0 = the backbone's native size")
-    sub.add_argument("--weights", default=settings.WEIGHTS, help="imagenet, none, or a .weights.h5 file")
+    sub.add_argument("--weights", default=settings.WEIGHTS,
+                     help="imagenet, none, a weights file, or a folder or gs:// prefix of the ImageNet files")
     sub.add_argument("--freeze-backbone", action="store_true", help="train the head only")
     sub.add_argument("--patience", type=int, default=settings.PATIENCE, help="early-stopping epochs on val loss")
     sub.add_argument("--seed", type=int, default=settings.SEED)
