@@ -18,7 +18,7 @@ class Backbone:
     name: str
     build: Callable[..., keras.Model]  # keras.applications constructor
     preprocess_input: Callable  # the family's own input scaling (caffe BGR means, or [-1, 1])
-    native_size: int  # the ImageNet training resolution (GUIDE section 5)
+    native_size: int  # the ImageNet training resolution (docs/decisions.md)
     min_size: int  # the smallest input the architecture accepts
 
 
