@@ -77,7 +77,13 @@ SEEDS = [42]  # training seeds of the pipeline: one training per backbone and se
 # --- The model and its training (the seed: docs/decisions.md, "The seed study") -----------------------------
 
 BACKBONES = ("MobileNet", "InceptionV3", "Xception", "ResNet50", "VGG16")  # the seed's five, in its order
-WEIGHTS = "imagenet"  # the seed; "none" or a path to a .weights.h5 file for clusters without internet
+# The seed. Also "none", a weights file for one backbone, or a folder or gs:// prefix holding the ImageNet files of
+# every backbone under the names keras.applications downloads them as (clusters without internet).
+WEIGHTS = "imagenet"
+# Where `weights=imagenet` finds the backbones' ImageNet files before Keras downloads them: a folder or a gs://
+# prefix laid out as `make weights` writes it (cxr/training/weights.py). `make images WEIGHTS=DIR` bakes the files
+# into the image and sets this, so that a cluster without internet starts from ImageNet; "" = download.
+IMAGENET_WEIGHTS = os.environ.get("CXR_IMAGENET_WEIGHTS", "")
 DENSE_UNITS = 16  # the seed: backbone - Flatten - Dense(16) - Dropout(0.5) - Dense
 DROPOUT = 0.5  # the seed
 LEARNING_RATE = 1e-5  # the seed: Adam(1e-5)
@@ -164,10 +170,18 @@ GPU_TOLERATION_KEY = "nvidia.com/gpu"
 # take about 0.5 GB, the rest is TensorFlow itself.
 TRAIN_CPU = "4"
 TRAIN_MEMORY = "16G"
-TRAIN_RETRIES = 3  # pod retries: a preempted GPU node resumes from the last epoch's checkpoint
+# Pod retries of a train task (`set_retry`), read against KFP 2.17.0 and its Argo 4.0.5 (docs/decisions.md,
+# "Retries"): KFP's workflow defaults make the policy OnError, so a pod lost with its node (Argo: Error) is
+# retried, resuming from the last epoch's checkpoint, and a failed container (Argo: Failed) is not.
+TRAIN_RETRIES = 3
+# set_retry's backoff_max_duration. Argo stops retrying this long after the first pod started and kills a retried
+# pod when it is reached; KFP's default, 1 h, is shorter than one training (the seed's VGG16 took 1 h on one GPU).
+# Two days cover 30 epochs of the slowest backbone on a GPU shared by five trainings, three times over.
+TRAIN_RETRY_WINDOW = "48h"
 # Starts of the training process per backbone and seed, pod retries included (counted on the checkpoint volume):
-# fewer than the TRAIN_RETRIES + 1 pods, so the last pod records the failure and the comparison goes on without
-# that backbone. Read when the task runs; CXR_TRAIN_ATTEMPTS overrides it (the tests set 1).
+# no more than TRAIN_RETRIES, so that after every start has died with its pod there is still a pod to record the
+# failure and the comparison goes on without that backbone. Read when the task runs; CXR_TRAIN_ATTEMPTS overrides
+# it (the tests set 1).
 TRAIN_ATTEMPTS = _from_environment("CXR_TRAIN_ATTEMPTS", "3", _whole_number_from(1), "a whole number >= 1")
 # A PersistentVolumeClaim mounted on the train tasks for their checkpoints (k8s/base/checkpoints-pvc.yaml), so
 # that a retry on another pod resumes; "" leaves checkpoints in the pod, lost with it.

@@ -93,7 +93,8 @@ def chest_xray_benchmark(
         train = train_backbone(processed=preprocess.outputs["processed"], backbone=run.backbone, seed=run.seed,
                                **pipeline_options(locals()), device=device, checkpoint_root=checkpoint_root,
                                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-        on_gpu_node(train.set_display_name("train").set_retry(settings.TRAIN_RETRIES).set_caching_options(False))
+        train.set_retry(settings.TRAIN_RETRIES, backoff_max_duration=settings.TRAIN_RETRY_WINDOW)
+        on_gpu_node(train.set_display_name("train").set_caching_options(False))
         if settings.CHECKPOINT_PVC:
             kubernetes.mount_pvc(train, pvc_name=settings.CHECKPOINT_PVC, mount_path=CHECKPOINT_MOUNT)
         evaluate = evaluate_backbone(processed=preprocess.outputs["processed"], model=train.outputs["model"],

@@ -94,8 +94,36 @@ def test_train_asks_for_a_gpu_on_the_gpu_pool_and_retries(compiled):
     assert platform["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
     assert platform["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
     assert platform["pvcMount"][0]["mountPath"] == "/checkpoints"
+
+
+def _retry_policies(pipeline: dict) -> dict:
+    """Every task's retryPolicy, in the root DAG and in every sub-DAG, by task name."""
+    dags = [pipeline["root"]["dag"]] + [c["dag"] for c in pipeline["components"].values() if "dag" in c]
+    return {name: task["retryPolicy"] for dag in dags for name, task in dag["tasks"].items() if "retryPolicy" in task}
+
+
+def test_train_retries_fit_kfp_2_17(compiled):
+    """What KFP 2.17.0's Argo compiler turns into the train pod's retryStrategy (docs/decisions.md, "Retries")."""
+    pipeline, _ = _spec(compiled)
+    # Only train retries: every other task already gets the cluster's defaults, and a retry of a step that fails
+    # the same way each time only costs time.
+    assert set(_retry_policies(pipeline)) == {"train-backbone"}
     _, inner = _loop(pipeline)
-    assert inner["train-backbone"]["retryPolicy"]["maxRetryCount"] == settings.TRAIN_RETRIES
+    policy = inner["train-backbone"]["retryPolicy"]
+    assert policy["maxRetryCount"] == settings.TRAIN_RETRIES == 3
+    assert policy["backoffDuration"] == "0s"  # a lost pod is replaced at once; it waits for a GPU as Pending
+    # Argo counts backoffMaxDuration from the first pod's start and kills a retried pod when it is reached: KFP's
+    # default (3600s) would leave a training lost after its first hour without a retry.
+    assert policy["backoffMaxDuration"] == "172800s"
+    # The train component is a container task inside the ParallelFor's sub-DAG, the compiler path that builds a
+    # retry-system-container-impl template with this policy (backend/src/v2/compiler/argocompiler/container.go).
+    assert pipeline["components"][inner["train-backbone"]["componentRef"]["name"]]["executorLabel"] == \
+        "exec-train-backbone"
+
+
+def test_the_last_pod_records_the_failure():
+    """The starts counted on the volume are used up while a pod is still left to write failure.json."""
+    assert 1 <= settings.TRAIN_ATTEMPTS <= settings.TRAIN_RETRIES
 
 
 def test_kaggle_credentials_reach_ingest_only_from_an_optional_secret(compiled):

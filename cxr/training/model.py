@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import keras
 
 from cxr import settings
 from cxr.errors import UserError
 from cxr.training.backbones import Backbone, BackbonePreprocessing
-
-
-def _backbone_weights(weights: str) -> tuple[str | None, Path | None]:
-    """(what keras.applications loads, a file to load after building)."""
-    if weights.lower() == "imagenet":
-        return "imagenet", None
-    if weights.lower() == "none":
-        return None, None
-    path = Path(weights)
-    if not path.is_file():
-        raise UserError(f"--weights {weights}: not 'imagenet', 'none', or an existing weights file")
-    return None, path
+from cxr.training.weights import resolve as resolve_weights
 
 
 def build_model(backbone: Backbone, image_size: int, *, dense_units: int = settings.DENSE_UNITS,
@@ -29,10 +16,11 @@ def build_model(backbone: Backbone, image_size: int, *, dense_units: int = setti
     """The classifier on `backbone` for uint8 grayscale films of `image_size` (shape [size, size, 1]),
     outputting P(pneumonia) in float32.
 
-    `weights`: "imagenet", "none", or a path to a backbone .weights.h5 file (clusters without internet).
+    `weights`: "imagenet", "none", a backbone weights file, or a folder or gs:// prefix of the ImageNet files
+    (cxr.training.weights; clusters without internet).
     Under a mixed_float16 policy the last layer stays float32, so the sigmoid and the loss keep their precision.
     """
-    keras_weights, weights_file = _backbone_weights(weights)
+    keras_weights, weights_file = resolve_weights(weights, backbone.name, image_size)
     base = backbone.build(include_top=False, weights=keras_weights, input_shape=(image_size, image_size, 3))
     if weights_file is not None:
         try:

@@ -53,7 +53,8 @@ class TrainSettings:
     dense_units: int = option(settings.DENSE_UNITS, "units of the head's hidden Dense layer")
     dropout: float = option(settings.DROPOUT, "dropout before the output layer")
     image_size: int = option(settings.IMAGE_SIZE, "input size in pixels; 0 = the backbone's native size")
-    weights: str = option(settings.WEIGHTS, "imagenet, none, or a .weights.h5 file")
+    weights: str = option(settings.WEIGHTS,
+                          "imagenet, none, a weights file, or a folder or gs:// prefix of the ImageNet files")
     freeze_backbone: bool = option(settings.FREEZE_BACKBONE, "train the head only", scope=CLI_ONLY)
     patience: int = option(settings.PATIENCE, "early-stopping epochs without a better validation loss")
     seed: int = option(settings.SEED, "the training seed (initialisation, shuffling, dropout)", scope=PER_RUN)
