@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("train", _train, "train one backbone; rerun on the same --out to resume")
     sub.add_argument("--data", required=True, type=Path, help="the folder `cxr preprocess` wrote")
-    sub.add_argument("--backbone", required=True, help=", ".join(settings.BACKBONES))
+    sub.add_argument("--backbone", required=True, help=", ".join(settings.ALL_BACKBONES))
     sub.add_argument("--out", required=True, type=Path)
     sub.add_argument("--epochs", type=int, default=settings.EPOCHS)
     sub.add_argument("--batch-size", type=int, default=settings.BATCH_SIZE)

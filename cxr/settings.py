@@ -36,6 +36,10 @@ SEEDS = [42]  # training seeds of the pipeline: one training per backbone and se
 # --- The model and its training (the seed, ../shared/seed/README.md section 4) --------------------------
 
 BACKBONES = ("MobileNet", "InceptionV3", "Xception", "ResNet50", "VGG16")  # the seed's five, in its order
+# Every backbone the registry (cxr.training.backbones) can build: the seed's five, then today's usual starting
+# points, EfficientNetV2 B0 and S and ConvNeXt Tiny (keras.applications 3.15), and CheXNet's DenseNet121
+# (Rajpurkar et al. 2017). The CLI and the pipeline's `backbones` accept any of them; the default stays the seed's.
+ALL_BACKBONES = (*BACKBONES, "EfficientNetV2B0", "EfficientNetV2S", "ConvNeXtTiny", "DenseNet121")
 WEIGHTS = "imagenet"  # the seed; "none" or a path to a .weights.h5 file for clusters without internet
 DENSE_UNITS = 16  # the seed: backbone - Flatten - Dense(16) - Dropout(0.5) - Dense
 DROPOUT = 0.5  # the seed

@@ -13,12 +13,12 @@ from cxr.errors import UserError
 
 
 def canonical_backbone(name: str) -> str:
-    """The backbone called `name`, in any letter case, as settings.BACKBONES spells it (the registry in
+    """The backbone called `name`, in any letter case, as settings.ALL_BACKBONES spells it (the registry in
     cxr.training.backbones has the same names)."""
-    for known in settings.BACKBONES:
+    for known in settings.ALL_BACKBONES:
         if known.lower() == name.lower():
             return known
-    raise UserError(f"unknown backbone {name!r}; valid: {', '.join(settings.BACKBONES)}")
+    raise UserError(f"unknown backbone {name!r}; valid: {', '.join(settings.ALL_BACKBONES)}")
 
 
 @dataclass(frozen=True)
