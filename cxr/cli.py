@@ -55,9 +55,10 @@ def _train(args: argparse.Namespace) -> None:
     options = TrainSettings(
         backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
         dense_units=args.dense_units, dropout=args.dropout, image_size=args.image_size, weights=args.weights,
-        freeze_backbone=args.freeze_backbone, patience=args.patience, seed=args.seed,
+        regime=args.regime, patience=args.patience, seed=args.seed,
         mixed_precision=args.mixed_precision, xla=args.xla)
-    metrics = train(args.data, args.out, options, checkpoint=args.checkpoint, device=args.device)
+    metrics = train(args.data, args.out, options, checkpoint=args.checkpoint, device=args.device,
+                    features=args.features)
     print(f"trained {metrics['backbone']} in {metrics['learning_time']} ({metrics['epochs_run']} epochs, "
           f"best {metrics['best_epoch']}, val_acc {metrics['best']['val_accuracy']:.4f}) -> {args.out}")
 
@@ -201,13 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--dropout", type=float, default=settings.DROPOUT)
     sub.add_argument("--image-size", type=int, default=settings.IMAGE_SIZE, help="0 = the backbone's native size")
     sub.add_argument("--weights", default=settings.WEIGHTS, help="imagenet, none, or a .weights.h5 file")
-    sub.add_argument("--freeze-backbone", action="store_true", help="train the head only")
+    sub.add_argument("--regime", default=settings.REGIME,
+                     help=f"{' or '.join(settings.REGIMES)}: train the whole network, or the head on cached features")
     sub.add_argument("--patience", type=int, default=settings.PATIENCE, help="early-stopping epochs on val loss")
     sub.add_argument("--seed", type=int, default=settings.SEED)
     sub.add_argument("--mixed-precision", type=_switch, default=None, metavar="{auto,on,off}",
                      help="mixed_float16 (auto: on with a GPU)")
     sub.add_argument("--xla", type=_switch, default=None, metavar="{auto,on,off}", help="XLA (auto: on with a GPU)")
     sub.add_argument("--checkpoint", type=Path, help="checkpoint folder (default OUT/checkpoint)")
+    sub.add_argument("--features", type=Path,
+                     help="feature cache of --regime frozen (default: a features folder beside the checkpoint folder)")
     sub.add_argument("--device", choices=DEVICES, default="auto",
                      help="auto: a GPU when one is visible; gpu: exit 2 at once without one; cpu: ignore GPUs")
 

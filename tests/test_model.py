@@ -114,7 +114,7 @@ def test_preprocessing_is_the_backbones_own_and_survives_saving(tmp_path):
 
 
 def test_frozen_backbone_trains_the_head_only():
-    model = build_model(get_backbone("mobilenet"), 32, weights="none", freeze_backbone=True)
+    model = build_model(get_backbone("mobilenet"), 32, weights="none", train_backbone=False)
     trainable = {w.path.split("/")[0] for w in model.trainable_weights}
     assert trainable == {"dense", "pneumonia"}
 

@@ -31,7 +31,7 @@ class TrainSettings:
     dropout: float = settings.DROPOUT
     image_size: int = settings.IMAGE_SIZE  # 0 = the backbone's native size
     weights: str = settings.WEIGHTS
-    freeze_backbone: bool = settings.FREEZE_BACKBONE
+    regime: str = settings.REGIME  # settings.REGIMES
     patience: int = settings.PATIENCE
     seed: int = settings.SEED
     mixed_precision: bool | None = None  # None: on when a GPU is present
@@ -48,6 +48,8 @@ class TrainSettings:
             raise UserError(f"--lr must be a positive number, got {self.learning_rate}")
         if not 0 <= self.dropout < 1:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.regime not in settings.REGIMES:
+            raise UserError(f"--regime must be one of {', '.join(settings.REGIMES)}, got {self.regime!r}")
 
 
 def plan_runs(names: list[str], seeds: list[int]) -> list[dict]:
