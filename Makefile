@@ -37,12 +37,12 @@ demo: install ## the whole pipeline on synthetic data through KFP's local runner
 bench: install ## the CPU benchmarks, each against a baseline in the same run (docs/performance.md; 5 min on 2 cores)
 	bash benchmarks/cpu_bench.sh
 
-# What keras imports, for a bare GPU machine with Python 3.12 and JAX but no Keras (GUIDE section 6): the
+# What keras imports, for a GPU machine without internet that has Python 3.12 and JAX but no Keras: the
 # versions tested here (pyproject.toml's ranges). ml_dtypes and numpy come with JAX, h5py is there.
 GPU_WHEELS ?= keras==3.15.1 namex==0.1.0 optree==0.20.0 absl-py==2.5.1 rich==15.0.0 markdown-it-py==4.3.0 \
   mdurl==0.1.2 pygments==2.21.0 packaging==26.4 typing-extensions==4.16.0
 
-# Any pip will do (no venv needed): the wheels are for the GPU machine's Python, not this one's.
+# Any pip will do (no venv needed): the wheels are for the GPU machine's Python 3.12, not this one's.
 gpu-wheels: ## download into .gpu-wheels the wheels benchmarks/gpu_run.sh carries to a bare GPU machine
 	python3 -m pip download --quiet --no-deps --python-version 3.12 --only-binary=:all: --dest .gpu-wheels \
 	  $(GPU_WHEELS)

@@ -35,7 +35,7 @@ from cxr.training.backbones import get_backbone, input_size  # noqa: E402
 from cxr.training.model import build_model  # noqa: E402
 
 # The study the projection is for: the seed's 30 epochs over the 5,216 films of the Kaggle train split
-# (GUIDE section 2), trained one backbone after another in 226 minutes (seed/README.md section 4).
+# (docs/decisions.md, "The dataset"), trained one backbone after another in 226 minutes ("The seed study").
 STUDY_EPOCHS = settings.EPOCHS
 TRAIN_FILMS = 5216
 SEED_MINUTES = 226

@@ -10,14 +10,15 @@ def train_backbone(processed: Input[Dataset], backbone: str, epochs: int, batch_
                    device: str, checkpoint_root: str, run_id: str, model: Output[Model],
                    train_metrics: Output[Metrics]):
     """Train one backbone in a watched child process: a crash resumes from the last epoch (with `checkpoint_root`
-    on a volume, a retried pod too); a training that fails for good leaves failure.json for the report."""
+    on a volume, a retried pod too); a training that fails for good leaves failure.json for the report.
+
+    The training options are TrainSettings' pipeline and per-run options, under their own names
+    (tests/test_options.py checks that they match)."""
     from cxr import settings
-    from cxr.training.plan import TrainSettings, headline_metrics, pipeline_checkpoint
+    from cxr.training.plan import TrainSettings, dashboard_scalars, pipeline_checkpoint
     from cxr.training.supervise import train_supervised
 
-    options = TrainSettings(backbone=backbone, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                            dense_units=dense_units, dropout=dropout, image_size=image_size, weights=weights,
-                            patience=patience, seed=seed)
+    options = TrainSettings.from_values(locals())
     outcome = train_supervised(processed.path, model.path, options, device=device, attempts=settings.TRAIN_ATTEMPTS,
                                checkpoint=pipeline_checkpoint(checkpoint_root, run_id, backbone, seed))
     model.metadata.update({"backbone": backbone, "seed": seed})
@@ -26,5 +27,5 @@ def train_backbone(processed: Input[Dataset], backbone: str, epochs: int, batch_
         return
     metrics = outcome.metrics
     model.metadata.update({"image_size": metrics["image_size"], "framework": "keras", "device": metrics["device"]})
-    for name, value in headline_metrics(metrics).items():
+    for name, value in dashboard_scalars(metrics).items():
         train_metrics.log_metric(name, value)

@@ -1,5 +1,7 @@
 """The names of the files the steps hand to each other: one place, so that a producer and its readers agree."""
 
+from cxr import settings
+
 # ingest
 INGEST_MARKER = "ingest.json"  # written last: its presence means the folder holds a complete ingest
 # preprocess
@@ -40,8 +42,11 @@ LEADERBOARD_MD = "leaderboard.md"
 REPORT_HTML = "report.html"
 
 
-def loss_acc_graph(backbone: str) -> str:
-    return f"{backbone}_loss_acc_graph.png"  # the seed's name (its section 4)
+def loss_acc_graph(backbone: str, regime: str = settings.DEFAULT_REGIME) -> str:
+    """The seed's name (its section 4) for a fine-tuned backbone; another regime's carries the regime."""
+    if regime == settings.DEFAULT_REGIME:
+        return f"{backbone}_loss_acc_graph.png"
+    return f"{backbone}_{regime}_loss_acc_graph.png"
 
 
 def gradcam_panel(backbone: str) -> str:

@@ -9,6 +9,7 @@ from the environment at compile time, through cxr.settings: the image (CXR_IMAGE
 """
 
 import argparse
+import sys
 from pathlib import Path
 from typing import List
 
@@ -26,9 +27,16 @@ from components import (
     verdict,
 )
 from cxr import settings
+from cxr.errors import UserError
+from cxr.training.plan import PIPELINE, TrainSettings
 
 YAML = Path(__file__).with_suffix(".yaml")
 CHECKPOINT_MOUNT = "/checkpoints"
+
+
+def pipeline_options(parameters: dict) -> dict:
+    """The pipeline's parameters that are TrainSettings' pipeline options, by name, for every train task."""
+    return {option.name: parameters[option.name] for option in TrainSettings.options(PIPELINE)}
 
 
 def on_gpu_node(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -82,10 +90,8 @@ def chest_xray_benchmark(
     # task (cxr.training.supervise), so every branch yields a result and the fan-in always runs: a failed
     # iteration would stop the aggregate on KFP 2.17 (its driver and Argo compiler have no partial fan-in).
     with dsl.ParallelFor(plan.output, parallelism=settings.PARALLELISM, name="for-each-training") as run:
-        train = train_backbone(processed=preprocess.outputs["processed"], backbone=run.backbone, epochs=epochs,
-                               batch_size=batch_size, learning_rate=learning_rate, dense_units=dense_units,
-                               dropout=dropout, image_size=image_size, weights=weights, patience=patience,
-                               seed=run.seed, device=device, checkpoint_root=checkpoint_root,
+        train = train_backbone(processed=preprocess.outputs["processed"], backbone=run.backbone, seed=run.seed,
+                               **pipeline_options(locals()), device=device, checkpoint_root=checkpoint_root,
                                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         on_gpu_node(train.set_display_name("train").set_retry(settings.TRAIN_RETRIES).set_caching_options(False))
         if settings.CHECKPOINT_PVC:
@@ -111,6 +117,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", type=Path, default=YAML)
     args = parser.parse_args()
+    try:
+        settings.check_environment()
+    except UserError as error:
+        sys.exit(f"compile: error: {error}")
     compiler.Compiler().compile(chest_xray_benchmark, str(args.output))
     print(f"compiled {args.output} (image {settings.COMPONENT_IMAGE}, parallelism {settings.PARALLELISM}, "
           f"GPU nodes {settings.GPU_NODE_SELECTOR}, checkpoint volume {settings.CHECKPOINT_PVC or 'none'})")

@@ -107,14 +107,14 @@ def test_pipeline_checkpoints_are_per_run_backbone_and_seed_or_temporary(tmp_pat
     assert temporary.parts[-2:] == ("run-7", "vgg16-seed42") and not temporary.is_relative_to(tmp_path)
 
 
-def test_headline_training_metrics_are_the_best_epoch_and_the_costs():
-    from cxr.training.plan import headline_metrics
+def test_dashboard_training_scalars_are_the_best_epoch_and_the_costs():
+    from cxr.training.plan import dashboard_scalars
 
     metrics = {"best": {"loss": 0.123456, "accuracy": 0.9, "val_loss": 0.2, "val_accuracy": 0.85},
                "epochs_run": 7, "best_epoch": 4, "learning_time_seconds": 61.234, "images_per_second": 812.66}
-    assert headline_metrics(metrics) == {"loss": 0.1235, "accuracy": 0.9, "val_loss": 0.2, "val_accuracy": 0.85,
-                                         "epochs_run": 7.0, "best_epoch": 4.0, "learning_time_seconds": 61.23,
-                                         "images_per_second": 812.66}
+    assert dashboard_scalars(metrics) == {"loss": 0.1235, "accuracy": 0.9, "val_loss": 0.2, "val_accuracy": 0.85,
+                                          "epochs_run": 7.0, "best_epoch": 4.0, "learning_time_seconds": 61.23,
+                                          "images_per_second": 812.66}
 
 
 CXR = str(Path(sys.executable).with_name("cxr"))

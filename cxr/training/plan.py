@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 
 from cxr import settings
@@ -21,35 +22,69 @@ def canonical_backbone(name: str) -> str:
     raise UserError(f"unknown backbone {name!r}; valid: {', '.join(settings.ALL_BACKBONES)}")
 
 
+# Where an option appears besides the CLI: "pipeline" options are pipeline parameters passed to every train task;
+# "per_run" ones differ between the pipeline's trainings (the plan step lists them); "cli" ones exist on the
+# command line alone (the pipeline's GPU tasks keep the automatic choice).
+PIPELINE, PER_RUN, CLI_ONLY = "pipeline", "per_run", "cli"
+
+
+def option(default, help: str, *, flag: str | None = None, scope: str = PIPELINE):
+    """A training option, declared once: the dataclass field carries its default (MISSING: required), its help,
+    its command-line flag (default `--name-with-dashes`) and where it appears. The CLI is derived from it; the train
+    component's and the pipeline's parameters are checked against it (tests/test_options.py), since KFP reads their
+    signatures from source."""
+    return field(default=default, metadata={"help": help, "flag": flag, "scope": scope})
+
+
+def flag(name: str) -> str:
+    """The command-line flag of the option `name`, which error messages name too."""
+    declared = {f.name: f for f in fields(TrainSettings)}[name].metadata["flag"]
+    return declared or "--" + name.replace("_", "-")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
-    backbone: str
-    epochs: int = settings.EPOCHS
-    batch_size: int = settings.BATCH_SIZE
-    learning_rate: float = settings.LEARNING_RATE
-    dense_units: int = settings.DENSE_UNITS
-    dropout: float = settings.DROPOUT
-    image_size: int = settings.IMAGE_SIZE  # 0 = the backbone's native size
-    weights: str = settings.WEIGHTS
-    regime: str = settings.REGIME  # settings.REGIMES
-    patience: int = settings.PATIENCE
-    seed: int = settings.SEED
-    mixed_precision: bool | None = None  # None: on when a GPU is present
-    xla: bool | None = None  # None: on when a GPU is present
+    """Every option of one training. A new option is one field here plus the code that uses it."""
+
+    backbone: str = option(MISSING, f"one of {', '.join(settings.ALL_BACKBONES)}, in any letter case", scope=PER_RUN)
+    epochs: int = option(settings.EPOCHS, "epochs at most (early stopping may end sooner)")
+    batch_size: int = option(settings.BATCH_SIZE, "films per training step")
+    learning_rate: float = option(settings.LEARNING_RATE, "Adam's learning rate", flag="--lr")
+    dense_units: int = option(settings.DENSE_UNITS, "units of the head's hidden Dense layer")
+    dropout: float = option(settings.DROPOUT, "dropout before the output layer")
+    image_size: int = option(settings.IMAGE_SIZE, "input size in pixels; 0 = the backbone's native size")
+    weights: str = option(settings.WEIGHTS, "imagenet, none, or a .weights.h5 file")
+    regime: str = option(settings.DEFAULT_REGIME, "finetune: the whole network; frozen: the backbone fixed, the head "
+                         "trained on its cached features", scope=PER_RUN)
+    patience: int = option(settings.PATIENCE, "early-stopping epochs without a better validation loss")
+    seed: int = option(settings.SEED, "the training seed (initialisation, shuffling, dropout)", scope=PER_RUN)
+    mixed_precision: bool | None = option(None, "mixed precision (auto: on with a GPU)", scope=CLI_ONLY)
+    xla: bool | None = option(None, "XLA compilation (auto: on with a GPU)", scope=CLI_ONLY)
+
+    @classmethod
+    def options(cls, scope: str | None = None) -> list[Field]:
+        """The declared options, in declaration order; only those of `scope` when given."""
+        return [f for f in fields(cls) if scope is None or f.metadata["scope"] == scope]
+
+    @classmethod
+    def from_values(cls, values: Mapping) -> TrainSettings:
+        """The settings named in `values` (a parsed command line's vars(), a component's parameters), ignoring
+        every other key; an option not in `values` keeps its default."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
     def validate(self) -> None:
         """Refuse settings that cannot train, before any work (one line naming the option)."""
         for name in ("epochs", "batch_size", "dense_units", "patience"):
             if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise UserError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
         if self.batch_size > settings.MAX_BATCH_SIZE:
-            raise UserError(f"--batch-size must be at most {settings.MAX_BATCH_SIZE}, got {self.batch_size}")
+            raise UserError(f"{flag('batch_size')} must be at most {settings.MAX_BATCH_SIZE}, got {self.batch_size}")
         if not 0 < self.learning_rate < math.inf:
-            raise UserError(f"--lr must be a positive number, got {self.learning_rate}")
+            raise UserError(f"{flag('learning_rate')} must be a positive number, got {self.learning_rate}")
         if not 0 <= self.dropout < 1:
-            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
+            raise UserError(f"{flag('dropout')} must be in [0, 1), got {self.dropout}")
         if self.regime not in settings.REGIMES:
-            raise UserError(f"--regime must be one of {', '.join(settings.REGIMES)}, got {self.regime!r}")
+            raise UserError(f"{flag('regime')} must be one of {', '.join(settings.REGIMES)}, got {self.regime!r}")
 
 
 def plan_runs(names: list[str], seeds: list[int]) -> list[dict]:
@@ -82,7 +117,7 @@ def pipeline_checkpoint(root: str, run_id: str, backbone: str, seed: int) -> Pat
     return base / run_id / f"{canonical_backbone(backbone).lower()}-seed{seed}"
 
 
-def headline_metrics(metrics: dict) -> dict[str, float]:
+def dashboard_scalars(metrics: dict) -> dict[str, float]:
     """The training scalars a dashboard shows (the KFP UI's metrics table): best-epoch loss and accuracy,
     epochs, learning time, throughput."""
     scalars = {name: round(value, 4) for name, value in metrics["best"].items()}

@@ -1,7 +1,7 @@
 """Training one backbone, resumable: a checkpoint after every epoch, and a rerun on the same folder goes on
 from the last finished epoch with the optimizer, the history and the early-stopping state it had.
 
-On a GPU, mixed precision and XLA switch on by themselves (GUIDE section 5); on the CPU they stay off. Runs on
+On a GPU, mixed precision and XLA switch on by themselves (docs/decisions.md); on the CPU they stay off. Runs on
 the Keras backend KERAS_BACKEND names (tensorflow or jax; JAX compiles every step with XLA, on any device).
 """
 
