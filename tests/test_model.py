@@ -119,12 +119,22 @@ def test_frozen_backbone_trains_the_head_only():
     assert trainable == {"dense", "pneumonia"}
 
 
-def test_plan_lists_every_backbone_and_seed_and_refuses_repeats():
+def test_plan_lists_every_backbone_regime_and_seed_and_refuses_repeats():
     from cxr.training.plan import plan_runs
 
     assert plan_runs(["vgg16", "MobileNet"], [42, 7.0]) == [
-        {"backbone": "VGG16", "seed": 42}, {"backbone": "VGG16", "seed": 7},
-        {"backbone": "MobileNet", "seed": 42}, {"backbone": "MobileNet", "seed": 7}]
+        {"backbone": "VGG16", "regime": "finetune", "seed": 42}, {"backbone": "VGG16", "regime": "finetune", "seed": 7},
+        {"backbone": "MobileNet", "regime": "finetune", "seed": 42},
+        {"backbone": "MobileNet", "regime": "finetune", "seed": 7}]
+    assert plan_runs(["densenet121"], [1], ["frozen", "finetune"]) == [
+        {"backbone": "DenseNet121", "regime": "frozen", "seed": 1},
+        {"backbone": "DenseNet121", "regime": "finetune", "seed": 1}]
+    with pytest.raises(UserError, match="regimes: unknown regime 'linear'; valid: finetune, frozen"):
+        plan_runs(["VGG16"], [1], ["frozen", "linear"])
+    with pytest.raises(UserError, match="regimes: frozen is listed more than once"):
+        plan_runs(["VGG16"], [1], ["frozen", "frozen"])
+    with pytest.raises(UserError, match="regimes: the list is empty"):
+        plan_runs(["VGG16"], [1], [])
     with pytest.raises(UserError, match=r"MobileNet is listed more than once \(MobileNet, mobilenet\)"):
         plan_runs(["MobileNet", "mobilenet"], [42])
     with pytest.raises(UserError, match="valid: MobileNet"):

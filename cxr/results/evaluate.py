@@ -126,7 +126,8 @@ def evaluate_or_record_failure(data_dir: Path, model_dir: Path, out: Path,
             except UserError:
                 trained = {}
             failure = Failure(trained.get("backbone", "unknown"), trained.get("settings", {}).get("seed", -1),
-                              "evaluate", f"{type(error).__name__}: {error}".splitlines()[0])
+                              "evaluate", f"{type(error).__name__}: {error}".splitlines()[0],
+                              trained.get("settings", {}).get("regime", settings.DEFAULT_REGIME))
     write_failure(out, failure)
     return failure
 

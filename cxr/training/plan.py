@@ -87,14 +87,21 @@ class TrainSettings:
             raise UserError(f"{flag('regime')} must be one of {', '.join(settings.REGIMES)}, got {self.regime!r}")
 
 
-def plan_runs(names: list[str], seeds: list[int]) -> list[dict]:
-    """One training per backbone and seed, {"backbone": canonical name, "seed": int}, checked before any work:
-    an unknown name, a backbone listed twice (in any letter case: both would share one checkpoint) or a repeated
-    seed is refused with one line."""
+def plan_runs(names: list[str], seeds: list[int], regimes: list[str] = settings.PIPELINE_REGIMES) -> list[dict]:
+    """One training per backbone, regime and seed, {"backbone": canonical name, "regime": str, "seed": int},
+    checked before any work: an unknown name or regime, a backbone listed twice (in any letter case: both would
+    share one checkpoint), a repeated regime or seed is refused with one line."""
     if not names:
         raise UserError("backbones: the list is empty")
     if not seeds:
         raise UserError("seeds: the list is empty")
+    if not regimes:
+        raise UserError("regimes: the list is empty")
+    for regime in regimes:
+        if regime not in settings.REGIMES:
+            raise UserError(f"regimes: unknown regime {regime!r}; valid: {', '.join(settings.REGIMES)}")
+        if regimes.count(regime) > 1:
+            raise UserError(f"regimes: {regime} is listed more than once in {list(regimes)}")
     canonical = [canonical_backbone(str(name)) for name in names]
     for name in canonical:
         if canonical.count(name) > 1:
@@ -106,15 +113,23 @@ def plan_runs(names: list[str], seeds: list[int]) -> list[dict]:
     seeds = [int(seed) for seed in seeds]
     if len(set(seeds)) != len(seeds):
         raise UserError(f"seeds: a seed is repeated in {seeds}")
-    return [{"backbone": name, "seed": seed} for name in canonical for seed in seeds]
+    return [{"backbone": name, "regime": regime, "seed": seed}
+            for name in canonical for regime in regimes for seed in seeds]
 
 
-def pipeline_checkpoint(root: str, run_id: str, backbone: str, seed: int) -> Path:
-    """Where a pipeline's train task keeps its checkpoint: per run, backbone and seed under `root` (a volume that
-    outlives the pod, so a retried task finds it), or in a fresh temporary folder when `root` is empty, which
+def pipeline_checkpoint(root: str, run_id: str, backbone: str, regime: str, seed: int) -> Path:
+    """Where a pipeline's train task keeps its checkpoint: per run, backbone, regime and seed under `root` (a volume
+    that outlives the pod, so a retried task finds it), or in a fresh temporary folder when `root` is empty, which
     keeps checkpoints out of the uploaded model artifact."""
     base = Path(root) if root else Path(tempfile.mkdtemp(prefix="checkpoint-"))
-    return base / run_id / f"{canonical_backbone(backbone).lower()}-seed{seed}"
+    return base / run_id / f"{canonical_backbone(backbone).lower()}-{regime}-seed{seed}"
+
+
+def pipeline_features(root: str) -> Path | None:
+    """Where a pipeline's frozen trainings keep their feature caches: at the top of the checkpoint volume, shared by
+    every seed, retry and later run on the same data (a cache is keyed by backbone, size, weights and dataset);
+    None without a volume: then beside the task's temporary checkpoint folder."""
+    return Path(root) / settings.FEATURES_DIR if root else None
 
 
 def dashboard_scalars(metrics: dict) -> dict[str, float]:
