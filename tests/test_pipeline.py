@@ -170,8 +170,8 @@ def test_train_then_evaluate_components(local_runner, processed_dataset, tmp_pat
         data = dsl.importer(artifact_uri=str(processed_dataset), artifact_class=Dataset)
         train = train_backbone(processed=data.output, backbone="MobileNet", epochs=1, batch_size=16,
                                learning_rate=1e-3, dense_units=16, dropout=0.5, image_size=32, weights="none",
-                               regime="finetune", patience=2, seed=1, device="cpu", checkpoint_root=str(tmp_path / "ckpt"),
-                               run_id="run-1")
+                               regime="finetune", patience=2, seed=1, device="cpu",
+                               checkpoint_root=str(tmp_path / "ckpt"), run_id="run-1")
         evaluate_backbone(processed=data.output, model=train.outputs["model"], batch_size=16)
         return train.outputs["model"]
 
