@@ -55,7 +55,7 @@ def _train(args: argparse.Namespace) -> None:
     from cxr.training.train import TrainSettings, train
 
     metrics = train(args.data, args.out, TrainSettings.from_values(vars(args)), checkpoint=args.checkpoint,
-                    device=args.device)
+                    device=args.device, features=args.features)
     print(f"trained {metrics['backbone']} in {metrics['learning_time']} ({metrics['epochs_run']} epochs, "
           f"best {metrics['best_epoch']}, val_acc {metrics['best']['val_accuracy']:.4f}) -> {args.out}")
 
@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", required=True, type=Path)
     _add_train_options(sub)
     sub.add_argument("--checkpoint", type=Path, help="checkpoint folder (default OUT/checkpoint)")
+    sub.add_argument("--features", type=Path, help="the feature cache of --regime frozen, shared by every seed "
+                     f"(default: a {settings.FEATURES_DIR} folder beside the checkpoint folder)")
     sub.add_argument("--device", choices=DEVICES, default="auto",
                      help="auto: a GPU when one is visible; gpu: exit 2 at once without one; cpu: ignore GPUs")
 

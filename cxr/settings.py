@@ -77,6 +77,10 @@ SEEDS = [42]  # training seeds of the pipeline: one training per backbone and se
 # --- The model and its training (the seed: docs/decisions.md, "The seed study") -----------------------------
 
 BACKBONES = ("MobileNet", "InceptionV3", "Xception", "ResNet50", "VGG16")  # the seed's five, in its order
+# Every backbone the registry (cxr.training.backbones) can build: the seed's five, then today's usual starting
+# points, EfficientNetV2 B0 and S and ConvNeXt Tiny (keras.applications 3.15), and CheXNet's DenseNet121
+# (Rajpurkar et al. 2017). The CLI and the pipeline's `backbones` accept any of them; the default stays the seed's.
+ALL_BACKBONES = (*BACKBONES, "EfficientNetV2B0", "EfficientNetV2S", "ConvNeXtTiny", "DenseNet121")
 # The seed. Also "none", a weights file for one backbone, or a folder or gs:// prefix holding the ImageNet files of
 # every backbone under the names keras.applications downloads them as (clusters without internet).
 WEIGHTS = "imagenet"
@@ -100,12 +104,20 @@ IMAGE_SIZE = 0  # 0 = each backbone's native input size (docs/decisions.md, "Tra
 # 32x Keras' default.
 MAX_IMAGE_SIZE = 1024
 MAX_BATCH_SIZE = 1024
-FREEZE_BACKBONE = False  # the seed fine-tuned the whole network
-# How a backbone is trained: "finetune" updates the whole network end to end (the seed's protocol); "frozen" keeps
-# the backbone fixed and trains the head on its features (Kermany et al. 2018 trained on frozen InceptionV3 features).
+# How a backbone learns. "finetune": the seed's protocol, the whole network trained end to end. "frozen": the
+# backbone stays as it is, in inference mode; its features of every film are computed once and cached, and only the
+# seed's head trains on them: the protocol of Kermany et al. 2018 (Cell, frozen InceptionV3 features) and of
+# MedMNIST+'s linear probes (Doerrich et al. 2024), one forward pass instead of up to 30 epochs of training.
 # A training or result that names no regime was fine-tuned: it was written before regimes existed.
 REGIMES = ("finetune", "frozen")
 DEFAULT_REGIME = "finetune"
+PIPELINE_REGIMES = [DEFAULT_REGIME]  # the pipeline's `regimes`: the seed's protocol unless a run asks for more
+# The frozen regime's feature caches: a folder of this name beside the checkpoint folder (cxr train) or at the top
+# of the checkpoint volume (the pipeline), so that every seed, rerun and later pipeline run finds them.
+FEATURES_DIR = "features"
+# Films per batch of feature extraction on a GPU: inference keeps no activations for a backward pass, so batches
+# 8x training's default fit (an out-of-memory error halves them). On the CPU the training batch size is used.
+FEATURE_BATCH_SIZE_GPU = 256
 # BatchNormalization momentum when training from scratch (weights "none", the CPU demo and tests). Measured on
 # synthetic data: MobileNet's validation accuracy stayed at the majority class for 6 epochs with Keras' 0.99,
 # and reached 0.91 by epoch 5 with 0.9. ImageNet-initialised backbones keep Keras' default.

@@ -69,9 +69,15 @@ def test_trainings_fan_out_in_parallel_and_fan_in_at_the_root(compiled):
     assert loop["iteratorPolicy"]["parallelismLimit"] == settings.PARALLELISM == 5
     assert root["inputDefinitions"]["parameters"]["backbones"]["defaultValue"] == list(settings.BACKBONES)
     assert root["inputDefinitions"]["parameters"]["seeds"]["defaultValue"] == [42]
+    # backbone x regime x seed: the plan takes the regimes, each training gets its own from the plan's list.
+    assert root["inputDefinitions"]["parameters"]["regimes"]["defaultValue"] == ["finetune"]
+    assert tasks["plan-trainings"]["inputs"]["parameters"]["regimes"]["componentInputParameter"] == "regimes"
     assert root["inputDefinitions"]["parameters"]["device"]["defaultValue"] == "gpu"
     assert set(inner) == {"train-backbone", "evaluate-backbone", "explain-backbone"}
     train_inputs = inner["train-backbone"]["inputs"]["parameters"]
+    for per_run in ("backbone", "regime", "seed"):
+        assert train_inputs[per_run]["componentInputParameter"] == "pipelinechannel--plan-trainings-Output-loop-item"
+        assert train_inputs[per_run]["parameterExpressionSelector"] == f"parseJson(string_value)[\"{per_run}\"]"
     assert train_inputs["device"]["componentInputParameter"] == "pipelinechannel--device"
     aggregate = tasks["aggregate-results"]
     assert aggregate["taskInfo"]["name"] == "aggregate"
@@ -192,15 +198,15 @@ def test_train_then_evaluate_components(local_runner, processed_dataset, tmp_pat
         data = dsl.importer(artifact_uri=str(processed_dataset), artifact_class=Dataset)
         train = train_backbone(processed=data.output, backbone="MobileNet", epochs=1, batch_size=16,
                                learning_rate=1e-3, dense_units=16, dropout=0.5, image_size=32, weights="none",
-                               patience=2, seed=1, device="cpu", checkpoint_root=str(tmp_path / "ckpt"),
-                               run_id="run-1")
+                               regime="finetune", patience=2, seed=1, device="cpu",
+                               checkpoint_root=str(tmp_path / "ckpt"), run_id="run-1")
         evaluate_backbone(processed=data.output, model=train.outputs["model"], batch_size=16)
         return train.outputs["model"]
 
     model = train_and_evaluate().output
     assert (Path(model.path) / "model.keras").is_file()
     assert model.metadata["backbone"] == "MobileNet" and model.metadata["image_size"] == 32
-    assert (tmp_path / "ckpt" / "run-1" / "mobilenet-seed1" / "state.json").is_file()
+    assert (tmp_path / "ckpt" / "run-1" / "mobilenet-finetune-seed1" / "state.json").is_file()
     assert not (Path(model.path) / "checkpoint").exists()  # checkpoints stay out of the model artifact
 
 
@@ -239,7 +245,7 @@ def kill_training_when_it_trains(backbone: str, checkpoints: Path, timeout: floa
     once it has finished an epoch; True when it was killed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if list(checkpoints.glob(f"*/{backbone.lower()}-seed*/state.json")):
+        if list(checkpoints.glob(f"*/{backbone.lower()}-*-seed*/state.json")):
             for pid in os.listdir("/proc"):
                 try:
                     command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
@@ -263,5 +269,15 @@ def test_a_backbone_listed_twice_is_refused_before_ingest(local_runner, syntheti
     ingested_before = set(root.rglob("ingest.json"))
     with pytest.raises(RuntimeError):
         chest_xray_benchmark(source=str(synthetic_archive), backbones=["MobileNet", "mobilenet"],
+                             device="cpu", checkpoint_root=str(tmp_path / "ckpt"))
+    assert set(root.rglob("ingest.json")) == ingested_before  # ingest never ran
+
+
+@pytest.mark.parametrize("regimes", [["frozen", "linear"], ["frozen", "frozen"]])
+def test_an_unknown_or_repeated_regime_is_refused_before_ingest(local_runner, synthetic_archive, tmp_path, regimes):
+    root = Path(local.config.LocalExecutionConfig.instance.pipeline_root)
+    ingested_before = set(root.rglob("ingest.json"))
+    with pytest.raises(RuntimeError):
+        chest_xray_benchmark(source=str(synthetic_archive), backbones=["MobileNet"], regimes=regimes,
                              device="cpu", checkpoint_root=str(tmp_path / "ckpt"))
     assert set(root.rglob("ingest.json")) == ingested_before  # ingest never ran

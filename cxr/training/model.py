@@ -9,15 +9,25 @@ from cxr.errors import UserError
 from cxr.training.backbones import Backbone, BackbonePreprocessing
 from cxr.training.weights import resolve as resolve_weights
 
+# The seed's head, by layer name, in order: what the frozen regime trains on cached features.
+HEAD_LAYERS = ("flatten", "dense", "dropout", "pneumonia")
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    """The keras.applications backbone inside a classifier build_model made: its one nested Model."""
+    (backbone,) = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return backbone
+
 
 def build_model(backbone: Backbone, image_size: int, *, dense_units: int = settings.DENSE_UNITS,
                 dropout: float = settings.DROPOUT, weights: str = settings.WEIGHTS,
-                freeze_backbone: bool = settings.FREEZE_BACKBONE) -> keras.Model:
+                train_backbone: bool = True) -> keras.Model:
     """The classifier on `backbone` for uint8 grayscale films of `image_size` (shape [size, size, 1]),
     outputting P(pneumonia) in float32.
 
     `weights`: "imagenet", "none", a backbone weights file, or a folder or gs:// prefix of the ImageNet files
     (cxr.training.weights; clusters without internet).
+    `train_backbone` False: the backbone is frozen, in inference mode (BatchNormalization included) for good.
     Under a mixed_float16 policy the last layer stays float32, so the sigmoid and the loss keep their precision.
     """
     keras_weights, weights_file = resolve_weights(weights, backbone.name, image_size)
@@ -33,7 +43,7 @@ def build_model(backbone: Backbone, image_size: int, *, dense_units: int = setti
         for layer in base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = settings.FROM_SCRATCH_BN_MOMENTUM
-    base.trainable = not freeze_backbone
+    base.trainable = train_backbone
     films = keras.Input((image_size, image_size, 1), dtype="uint8", name="film")
     # float32 whatever the policy: ImageNet mean subtraction loses precision in float16.
     images = BackbonePreprocessing(backbone.name, dtype="float32", name="preprocess")(films)
