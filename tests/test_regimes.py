@@ -86,6 +86,33 @@ def test_evaluate_reports_the_heads_predictions(frozen_run):
     assert metrics["test_images"] == len(head)
 
 
+def test_a_frozen_evaluation_loads_no_backend(frozen_run, processed_dataset, tmp_path):
+    """The head's predictions are read from a CSV: the evaluate task of a frozen training starts no TensorFlow."""
+    root, _ = frozen_run
+    script = ("import sys; from cxr.results.evaluate import evaluate; "
+              "evaluate(sys.argv[1], sys.argv[2], sys.argv[3], samples=10); "
+              "print(sorted({'tensorflow', 'keras', 'jax'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", script, str(processed_dataset), str(root / "seed1"),
+                           str(tmp_path / "result")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]" and "the head's predictions on the cached features" in done.stderr
+    assert (tmp_path / "result" / files.PREDICTIONS).is_file()
+
+
+def test_damaged_head_predictions_are_one_clear_error(frozen_run, processed_dataset, tmp_path):
+    import shutil
+
+    from cxr.errors import UserError
+    from cxr.results.evaluate import evaluate
+
+    root, _ = frozen_run
+    copy = tmp_path / "model"
+    shutil.copytree(root / "seed1", copy)
+    (copy / files.HEAD_PREDICTIONS).write_text("split,patient_id,source,label,probability\ntest,p,s,1,7.5\n")
+    with pytest.raises(UserError, match="head_predictions.csv is damaged"):
+        evaluate(processed_dataset, copy, tmp_path / "result", samples=10)
+
+
 def test_a_second_seed_reuses_the_cache_without_rewriting_it(frozen_run, processed_dataset, capfd):
     root, first = frozen_run
     cache = Path(first["features"]["folder"])

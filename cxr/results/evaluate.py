@@ -65,10 +65,10 @@ def evaluate(data_dir: Path, model_dir: Path, out: Path, batch_size: int = setti
 
 def _evaluate(data_dir: Path, model_dir: Path, trained: dict, out: Path, batch_size: int, samples: int) -> dict:
     from cxr.serving.trained import load_model
-    from cxr.training.backbones import get_backbone
-    from cxr.training.frozen import saved_head_predictions
+    from cxr.training.features import saved_head_predictions
+    from cxr.training.plan import canonical_backbone
 
-    backbone = get_backbone(trained["backbone"])
+    backbone = canonical_backbone(trained["backbone"])  # the registry's spelling, without loading Keras
     # A frozen backbone's head already predicted every validation and test film from the feature cache: the
     # same probabilities as the whole model's (tests/test_regimes.py), without a second pass of the backbone.
     cached = saved_head_predictions(model_dir, data_dir, trained)
@@ -81,7 +81,7 @@ def _evaluate(data_dir: Path, model_dir: Path, trained: dict, out: Path, batch_s
         model = load_model(model_dir)
         read = dict(data_dir=data_dir, image_size=trained["image_size"], batch_size=batch_size)
         val, test = predict(model, split="val", **read), predict(model, split="test", **read)
-    metrics = json_safe({"backbone": backbone.name, "regime": trained["settings"]["regime"],
+    metrics = json_safe({"backbone": backbone, "regime": trained["settings"]["regime"],
                          **summarize(test, val, samples)})
 
     out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ exclusive flock on `<name>.lock` (the lock dies with its process): a second trai
 waits for the first and then reuses its work. Readers take no lock: a published cache is never modified, and one
 found damaged is renamed aside before it is deleted, so an open memmap of it stays valid.
 
-No TensorFlow here: `cxr evaluate` reads the dataset fingerprint without loading a backend.
+No TensorFlow here: `cxr evaluate` checks a frozen training's saved head predictions without loading a backend.
 """
 
 from __future__ import annotations
@@ -240,3 +240,26 @@ def open_cache(root: Path, key: FeatureKey, extract: Callable[[Path], None]) -> 
             shutil.rmtree(partial, ignore_errors=True)
             raise
         return FeatureCache(folder, key, reused=False, seconds=time.monotonic() - started)
+
+
+def saved_head_predictions(model_dir: Path, data_dir: Path, trained: dict) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """(validation, test) predictions a frozen training wrote from its cached features (cxr.training.frozen
+    head_predictions), when they are of data_dir's films (the dataset fingerprint matches); None otherwise, and
+    the model itself must predict. Without TensorFlow: a frozen evaluation never loads a backend."""
+    path = Path(model_dir) / files.HEAD_PREDICTIONS
+    features = trained.get("features") or {}
+    if trained.get("regime") != "frozen" or not path.is_file() or "key" not in features:
+        return None
+    if features["key"]["dataset"] != dataset_fingerprint(data_dir):
+        return None
+    columns = ["patient_id", "source", "label", "probability"]
+    try:
+        table = pd.read_csv(path, dtype={"patient_id": str, "source": str})
+        probabilities = table["probability"].to_numpy(dtype=float)
+        val, test = (table[table["split"] == split][columns].reset_index(drop=True) for split in ("val", "test"))
+    except (OSError, ValueError, KeyError) as error:
+        raise UserError(f"{path} is damaged ({type(error).__name__}: {error}); train again into a new folder") from None
+    if not (np.isfinite(probabilities) & (probabilities >= 0) & (probabilities <= 1)).all() or test.empty:
+        raise UserError(f"{path} is damaged: it needs test rows and probabilities in [0, 1]; train again into a new "
+                        "folder")
+    return val, test

@@ -16,15 +16,8 @@ import keras
 import numpy as np
 import pandas as pd
 
-from cxr import files, settings
-from cxr.training.features import (
-    BACKBONE_WEIGHTS,
-    FILM_COLUMNS,
-    FeatureCache,
-    dataset_fingerprint,
-    features_file,
-    films_file,
-)
+from cxr import settings
+from cxr.training.features import BACKBONE_WEIGHTS, FILM_COLUMNS, FeatureCache, features_file, films_file
 from cxr.training.model import HEAD_LAYERS, backbone_of
 
 PREDICTION_COLUMNS = ["split", *FILM_COLUMNS, "probability"]
@@ -137,17 +130,3 @@ def head_predictions(head: keras.Model, cache: FeatureCache, batch_size: int) ->
         tables.append(films.assign(split=split, probability=probabilities.astype(float)))
     return pd.concat(tables, ignore_index=True)[PREDICTION_COLUMNS]
 
-
-def saved_head_predictions(model_dir: Path, data_dir: Path, trained: dict) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """(validation, test) predictions a frozen training wrote from its cached features, when they are of
-    data_dir's films (the dataset fingerprint matches); None otherwise, and the model itself must predict."""
-    path = Path(model_dir) / files.HEAD_PREDICTIONS
-    features = trained.get("features") or {}
-    if trained.get("regime") != "frozen" or not path.is_file() or "key" not in features:
-        return None
-    if features["key"]["dataset"] != dataset_fingerprint(data_dir):
-        return None
-    table = pd.read_csv(path, dtype={"patient_id": str, "source": str})
-    columns = ["patient_id", "source", "label", "probability"]
-    return (table[table["split"] == "val"][columns].reset_index(drop=True),
-            table[table["split"] == "test"][columns].reset_index(drop=True))
