@@ -9,18 +9,18 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint demo synth bench gpu-wheels compile weights images push image-test cluster deploy load run \
-  upload ui down
+.PHONY: help install test lint demo synth serve bench gpu-wheels compile weights images push image-test cluster
+  deploy load run upload ui down
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(VENV)/.installed ## create .venv with the project, TensorFlow (CPU) and the test tools
+install: $(VENV)/.installed ## create .venv with the project, TensorFlow (CPU), KServe (cxr serve) and the test tools
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e ".[cpu,dev]"
+	$(PYTHON) -m pip install --quiet -e ".[cpu,dev,serve]"
 	touch $@
 
 test: install ## run the test suite (unit, TensorFlow on tiny data, KFP local runner, GCS emulator)
@@ -34,6 +34,18 @@ synth: install ## write a synthetic dataset to runs/synthetic (small films, for 
 
 demo: install ## the whole pipeline on synthetic data through KFP's local runner; prints where the report is
 	$(PYTHON) -m pipelines.local_demo --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+
+# `make serve MODEL=runs/MobileNet [RESULT=runs/MobileNet-eval] [SERVE_HOST=0.0.0.0] [SERVE_PORT=8081]`: the
+# threshold comes from RESULT's metrics.json (default: MODEL's own); host and port default as in cxr/settings.py
+# (127.0.0.1:8080). Ctrl-C stops it.
+MODEL ?=
+RESULT ?=
+SERVE_HOST ?=
+SERVE_PORT ?=
+serve: install ## serve MODEL=DIR (a `cxr train` folder) on 127.0.0.1:8080, KServe REST v1 and v2 (README, Serving)
+	$(if $(MODEL),,$(error MODEL=DIR is required: the --out folder of `cxr train`))
+	$(VENV)/bin/cxr serve --model "$(MODEL)" $(if $(RESULT),--result "$(RESULT)") \
+	  $(if $(SERVE_HOST),--host $(SERVE_HOST)) $(if $(SERVE_PORT),--port $(SERVE_PORT))
 
 bench: install ## the CPU benchmarks, each against a baseline in the same run (docs/performance.md; 5 min on 2 cores)
 	bash benchmarks/cpu_bench.sh

@@ -9,6 +9,7 @@
     cxr explain --data DIR --model DIR --result DIR --out DIR   Grad-CAM panels and the pointing game
     cxr predict --model DIR FILM...        P(pneumonia) and the decision for new films
     cxr export --model DIR --out DIR       a SavedModel for TF Serving and KServe
+    cxr serve --model DIR                  a KServe model server (REST v1 and v2) on 127.0.0.1:8080
     cxr submit / upload / cluster-ready / kaggle-secret   the cluster path (make run, make upload, make deploy)
     cxr gpus                               the GPUs this process sees
 """
@@ -109,6 +110,18 @@ def _export(args: argparse.Namespace) -> None:
 
     path = export(args.model, args.out, result_dir=args.result, threshold=args.threshold)
     print(f"exported the SavedModel to {path} (signature serving_default: image_bytes -> probability, decision)")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    try:
+        from cxr.serving.server import serve
+    except ModuleNotFoundError as error:
+        if (error.name or "").partition(".")[0] not in ("kserve", "fastapi", "uvicorn"):
+            raise
+        raise UserError(f"the serve extra is not installed ({error.name} is missing): pip install -e '.[serve]', "
+                        "or make install") from None
+    serve(args.model, result_dir=args.result, threshold=args.threshold, name=args.name, host=args.host,
+          port=args.port)
 
 
 def _submit(args: argparse.Namespace) -> None:
@@ -251,6 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--result", type=Path, help="the --out folder of `cxr evaluate` (default: --model)")
     sub.add_argument("--threshold", type=float, help=threshold_help)
     sub.add_argument("--out", required=True, type=Path, help="a new folder; the model goes to OUT/1/")
+
+    sub = command("serve", _serve, "serve a trained model over HTTP (KServe REST v1 and v2) until SIGTERM")
+    sub.add_argument("--model", required=True, type=Path, help="the --out folder of `cxr train`")
+    chosen = sub.add_mutually_exclusive_group()
+    chosen.add_argument("--result", type=Path, help="the --out folder of `cxr evaluate` (default: --model)")
+    chosen.add_argument("--threshold", type=float, help=threshold_help)
+    sub.add_argument("--name", default=settings.SERVE_MODEL_NAME, help="the model's name in the URLs")
+    sub.add_argument("--host", default=settings.SERVE_HOST, help="the address to listen on; 0.0.0.0 for every one")
+    sub.add_argument("--port", type=int, default=settings.SERVE_PORT, help="0: any free port")
 
     package = Path("pipelines/chest_xray_benchmark.yaml")
     sub = command("submit", _submit, "submit the compiled pipeline to KFP, wait, print the run's URL and state")

@@ -153,6 +153,21 @@ CALIBRATION_BINS = 15
 # Films in each Grad-CAM panel: two of each outcome (true/false positive/negative) fit one readable figure.
 EXPLAIN_FILMS = 8
 
+# --- Serving (`cxr serve`, docs/serving.md) ----------------------------------------------------------------
+
+# The InferenceService's name in k8s/serving/, so that a request's URL is the same locally and in the cluster.
+SERVE_MODEL_NAME = "cxr-pneumonia"
+# Loopback unless asked: a model server reachable from the network is a decision, not a default. The image and
+# the InferenceService pass --host 0.0.0.0 (KServe's own servers bind 0.0.0.0, kserve/protocol/rest/server.py).
+SERVE_HOST = "127.0.0.1"
+# KServe's default HTTP port (kserve.constants DEFAULT_HTTP_PORT), the port an InferenceService routes to.
+SERVE_PORT = 8080
+# Films in one request, predicted as one batch: Keras' default batch (BATCH_SIZE), the batch `cxr predict` runs.
+SERVE_MAX_INSTANCES = BATCH_SIZE
+# Request bodies above this are refused before they are read: SERVE_MAX_INSTANCES films of 1.5 MB (about 7x the
+# archive's mean JPEG, 1.2 GB over 5,856 films) in base64 (4/3) is 64 MB. CXR_SERVE_MAX_BODY_BYTES overrides it.
+SERVE_MAX_BODY_BYTES = int(os.environ.get("CXR_SERVE_MAX_BODY_BYTES", str(64 * 1024 * 1024)))
+
 # --- Containers and the pipeline ---------------------------------------------------------------------------
 
 
