@@ -9,8 +9,8 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint demo synth serve bench gpu-wheels compile weights images push image-test cluster
-  deploy load run upload ui down
+.PHONY: help install test test-slow lint demo synth serve bench gpu-wheels compile weights images push
+  image-test cluster deploy load run upload ui down
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,8 +23,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install --quiet -e ".[cpu,dev,serve]"
 	touch $@
 
-test: install ## run the test suite (unit, TensorFlow on tiny data, KFP local runner, GCS emulator)
+test: install ## the test suite without its slow tier (TensorFlow on tiny data, KFP local runner, GCS emulator)
 	$(PYTHON) -m pytest
+
+test-slow: install ## the slow tier only: tests marked slow (every backbone through the GPU benchmark's smoke run)
+	$(PYTHON) -m pytest -m slow
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check .

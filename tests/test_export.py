@@ -15,16 +15,11 @@ from cxr.cli import main
 from cxr.errors import UserError
 
 
-@pytest.fixture(scope="module")
-def trained(processed_dataset, tmp_path_factory):
-    """MobileNet trained one epoch at 32 px, evaluated into the same folder."""
-    from cxr.results.evaluate import evaluate
-    from cxr.training.train import TrainSettings, train
-
-    folder = tmp_path_factory.mktemp("export") / "MobileNet"
-    train(processed_dataset, folder, TrainSettings("MobileNet", epochs=1, image_size=32, weights="none"))
-    evaluate(processed_dataset, folder, folder, samples=20)
-    return folder
+@pytest.fixture(scope="session")
+def trained(evaluated_mobilenet):
+    """MobileNet trained one epoch at 32 px, evaluated into the same folder: the session's, shared with
+    tests/test_predict.py (tests/conftest.py)."""
+    return evaluated_mobilenet
 
 
 @pytest.fixture(scope="module")

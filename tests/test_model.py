@@ -42,7 +42,14 @@ def _backbone_of(model: keras.Model) -> keras.Model:
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
 
-@pytest.mark.parametrize("name", settings.BACKBONES)  # today's four: tests/test_todays_backbones.py
+# The seed's five here, today's four in tests/test_todays_backbones.py. Compiling a training step of these three
+# takes 20-35 s each on 2 cores: the slow tier trains them; the default tier still builds and runs every backbone
+# (below, and tests/test_explain.py).
+SLOW_TO_TRAIN = {"InceptionV3", "Xception", "ResNet50"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(b.name, marks=[pytest.mark.slow] if b.name in SLOW_TO_TRAIN else [])
+                                  for b in BACKBONES.values() if b.name in settings.BACKBONES])
 def test_every_backbone_builds_the_seed_head_and_trains_a_step(name):
     backbone = get_backbone(name)
     model = build_model(backbone, backbone.min_size, weights="none")
