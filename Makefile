@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow lint demo synth serve bench gpu-wheels compile weights images push
+.PHONY: help install test test-slow lint demo synth serve bench gpu-wheels compile weights images push \
   image-test cluster deploy load run upload ui down
 
 help: ## list the targets
