@@ -11,15 +11,15 @@ def evaluate_backbone(processed: Input[Dataset], model: Input[Model], batch_size
     evaluation) is passed on as the result's failure.json, for the report."""
     from cxr import settings
     from cxr.failures import Failure
-    from cxr.results.evaluate import evaluate_or_record_failure, headline_metrics, roc_points
+    from cxr.results.evaluate import evaluate_or_record_failure, evaluation_scalars, roc_points
 
     evaluation = evaluate_or_record_failure(processed.path, model.path, result.path, batch_size=batch_size)
     if isinstance(evaluation, Failure):
-        result.metadata.update({"backbone": evaluation.backbone, "seed": evaluation.seed,
-                                "failure": evaluation.reason})
+        result.metadata.update({"backbone": evaluation.backbone, "regime": evaluation.regime,
+                                "seed": evaluation.seed, "failure": evaluation.reason})
         return
-    result.metadata["backbone"] = evaluation["backbone"]
-    for name, value in headline_metrics(evaluation).items():
+    result.metadata.update({"backbone": evaluation["backbone"], "regime": evaluation["regime"]})
+    for name, value in evaluation_scalars(evaluation).items():
         metrics.log_metric(name, value)
     classification.log_confusion_matrix(list(settings.CLASS_NAMES),
                                         evaluation["at_default_threshold"]["confusion_matrix"])

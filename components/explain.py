@@ -11,14 +11,15 @@ def explain_backbone(processed: Input[Dataset], model: Input[Model], result: Inp
     training has nothing to explain: its outputs stay empty."""
     from pathlib import Path
 
-    from cxr.results.explain import explain_result, explanations_html, standalone_page
+    from cxr.results.explain import explain_result, explanations_html
+    from cxr.results.render import message_page, page
 
     summary = explain_result(processed.path, model.path, result.path, explanation.path, films, source)
     if summary is None:
-        Path(panel.path).write_text(standalone_page("<p>This training failed: nothing to explain.</p>"))
+        Path(panel.path).write_text(message_page("This training failed: nothing to explain."))
         return
     explanation.metadata["backbone"] = summary["backbone"]
-    Path(panel.path).write_text(standalone_page(explanations_html([Path(explanation.path)], Path(explanation.path))))
+    Path(panel.path).write_text(page(explanations_html([Path(explanation.path)], Path(explanation.path))))
     game = summary.get("pointing_game")
     if game:
         pointing.log_metric("pointing_game_hit_rate", round(game["hit_rate"], 4))

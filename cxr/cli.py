@@ -17,8 +17,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import typing
 from pathlib import Path
 
 from cxr import settings
@@ -53,12 +55,8 @@ def _preprocess(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from cxr.training.train import TrainSettings, train
 
-    options = TrainSettings(
-        backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-        dense_units=args.dense_units, dropout=args.dropout, image_size=args.image_size, weights=args.weights,
-        freeze_backbone=args.freeze_backbone, patience=args.patience, seed=args.seed,
-        mixed_precision=args.mixed_precision, xla=args.xla)
-    metrics = train(args.data, args.out, options, checkpoint=args.checkpoint, device=args.device)
+    metrics = train(args.data, args.out, TrainSettings.from_values(vars(args)), checkpoint=args.checkpoint,
+                    device=args.device, features=args.features)
     print(f"trained {metrics['backbone']} in {metrics['learning_time']} ({metrics['epochs_run']} epochs, "
           f"best {metrics['best_epoch']}, val_acc {metrics['best']['val_accuracy']:.4f}) -> {args.out}")
 
@@ -172,6 +170,24 @@ def _switch(value: str) -> bool | None:
     return choices[value]
 
 
+def _add_train_options(sub: argparse.ArgumentParser) -> None:
+    """One flag per TrainSettings option, with its declared default, help and type; an option without a default
+    is required, a bool is a switch, and `bool | None` is auto/on/off."""
+    from cxr.training.plan import TrainSettings, flag
+
+    types = typing.get_type_hints(TrainSettings)
+    for option in TrainSettings.options():
+        extra: dict = {"required": True} if option.default is dataclasses.MISSING else {"default": option.default}
+        kind = types[option.name]
+        if kind is bool:
+            extra["action"] = "store_true"
+        elif kind == bool | None:
+            extra.update(type=_switch, metavar="{auto,on,off}")
+        else:
+            extra["type"] = kind
+        sub.add_argument(flag(option.name), dest=option.name, help=option.metadata["help"], **extra)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -205,22 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("train", _train, "train one backbone; rerun on the same --out to resume")
     sub.add_argument("--data", required=True, type=Path, help="the folder `cxr preprocess` wrote")
-    sub.add_argument("--backbone", required=True, help=", ".join(settings.BACKBONES))
     sub.add_argument("--out", required=True, type=Path)
-    sub.add_argument("--epochs", type=int, default=settings.EPOCHS)
-    sub.add_argument("--batch-size", type=int, default=settings.BATCH_SIZE)
-    sub.add_argument("--lr", type=float, default=settings.LEARNING_RATE)
-    sub.add_argument("--dense-units", type=int, default=settings.DENSE_UNITS)
-    sub.add_argument("--dropout", type=float, default=settings.DROPOUT)
-    sub.add_argument("--image-size", type=int, default=settings.IMAGE_SIZE, help="0 = the backbone's native size")
-    sub.add_argument("--weights", default=settings.WEIGHTS, help="imagenet, none, or a .weights.h5 file")
-    sub.add_argument("--freeze-backbone", action="store_true", help="train the head only")
-    sub.add_argument("--patience", type=int, default=settings.PATIENCE, help="early-stopping epochs on val loss")
-    sub.add_argument("--seed", type=int, default=settings.SEED)
-    sub.add_argument("--mixed-precision", type=_switch, default=None, metavar="{auto,on,off}",
-                     help="mixed_float16 (auto: on with a GPU)")
-    sub.add_argument("--xla", type=_switch, default=None, metavar="{auto,on,off}", help="XLA (auto: on with a GPU)")
+    _add_train_options(sub)
     sub.add_argument("--checkpoint", type=Path, help="checkpoint folder (default OUT/checkpoint)")
+    sub.add_argument("--features", type=Path, help="the feature cache of --regime frozen, shared by every seed "
+                     f"(default: a {settings.FEATURES_DIR} folder beside the checkpoint folder)")
     sub.add_argument("--device", choices=DEVICES, default="auto",
                      help="auto: a GPU when one is visible; gpu: exit 2 at once without one; cpu: ignore GPUs")
 
@@ -301,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        settings.check_environment()
         args.handler(args)
     except UserError as error:
         print(f"cxr {args.command}: error: {error}", file=sys.stderr)

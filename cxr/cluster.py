@@ -6,9 +6,12 @@ the kubernetes client. Unreachable endpoints end in one UserError line that says
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,15 @@ class RunOutcome:
     state: str
 
 
+def shown(host: str) -> str:
+    """`host` as it may be printed: a user name stays, a password in the URL (http://user:PASSWORD@...) does not."""
+    parts = urllib.parse.urlsplit(host)
+    if parts.password is None:
+        return host
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 def _client(host: str):
     import kfp
 
@@ -32,17 +44,19 @@ def _client(host: str):
 
 
 def _call(host: str, what: str, action):
-    """Run one KFP call; connection failures and API errors become one clear line."""
+    """Run one KFP call; connection failures and API errors become one clear line. What kfp.Client prints itself
+    ("Run details: URL", with the host as given, a password too) is swallowed: submit prints the URL itself."""
     import urllib3
     from kfp_server_api.exceptions import ApiException
 
     try:
-        return action()
+        with contextlib.redirect_stdout(io.StringIO()):
+            return action()
     except (urllib3.exceptions.HTTPError, ConnectionError) as error:
-        raise UserError(f"KFP at {host} is unreachable while trying to {what} ({type(error).__name__}); is "
+        raise UserError(f"KFP at {shown(host)} is unreachable while trying to {what} ({type(error).__name__}); is "
                         "`make ui` (port-forward) running, or KFP_HOST right?") from None
     except ApiException as error:
-        raise UserError(f"KFP at {host} refused to {what}: HTTP {error.status} {error.reason}") from None
+        raise UserError(f"KFP at {shown(host)} refused to {what}: HTTP {error.status} {error.reason}") from None
 
 
 def parse_arguments(pairs: list[str]) -> dict[str, object]:
@@ -62,7 +76,7 @@ def parse_arguments(pairs: list[str]) -> dict[str, object]:
 
 
 def run_url(host: str, run_id: str) -> str:
-    return f"{host.rstrip('/')}/#/runs/details/{run_id}"
+    return f"{shown(host).rstrip('/')}/#/runs/details/{run_id}"
 
 
 def submit(host: str, package: Path, arguments: dict, experiment: str, wait: bool = True,

@@ -2,7 +2,7 @@
 
 The train and evaluate steps of a pipeline write `failure.json` instead of raising when one backbone cannot be
 trained or evaluated (after its retries); the aggregate step reports the others and names the missing one, and
-the run still ends as failed.
+the run still ends as failed. cxr.artifacts.read_failure reads the record back, checked.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cxr import files
-from cxr.errors import UserError
+from cxr import files, settings
 
 STAGES = ("train", "evaluate")
 
@@ -23,30 +22,18 @@ class Failure:
     seed: int
     stage: str  # "train" or "evaluate"
     reason: str  # one line: the error, or how the process died
+    regime: str = settings.DEFAULT_REGIME  # settings.REGIMES; records that predate regimes were fine-tuned
 
     def line(self) -> str:
-        return f"{self.backbone} (seed {self.seed}) failed in {self.stage}: {self.reason}"
+        # The seed's regime goes unnamed, as it always did; another one is named as the report's rows name it.
+        regime = "" if self.regime == settings.DEFAULT_REGIME else f" · {self.regime}"
+        return f"{self.backbone}{regime} (seed {self.seed}) failed in {self.stage}: {self.reason}"
 
 
 def write_failure(folder: Path, failure: Failure) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / files.FAILURE).write_text(json.dumps(asdict(failure), indent=2))
-
-
-def read_failure(folder: Path) -> Failure | None:
-    """The failure recorded in `folder`, or None when it holds none; a damaged record is one line naming it."""
-    path = Path(folder) / files.FAILURE
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-        failure = Failure(str(record["backbone"]), int(record["seed"]), str(record["stage"]), str(record["reason"]))
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{path} is not a failure record ({error}): it needs backbone, seed, stage, reason") from None
-    if failure.stage not in STAGES:
-        raise UserError(f"{path}: stage must be one of {', '.join(STAGES)}, not {failure.stage!r}")
-    return failure
 
 
 def run_verdict(failures: list[Failure], total: int) -> str:

@@ -1,5 +1,7 @@
 """The names of the files the steps hand to each other: one place, so that a producer and its readers agree."""
 
+from cxr import settings
+
 # ingest
 INGEST_MARKER = "ingest.json"  # written last: its presence means the folder holds a complete ingest
 # preprocess
@@ -11,6 +13,9 @@ HISTORY = "history.csv"
 PREPROCESSING = "preprocessing.json"  # the sizes a film is decoded and resized to: what predict and export repeat
 TRAIN_METRICS = "train_metrics.json"
 CHECKPOINT_DIR = "checkpoint"
+# The frozen regime's head on the cached validation and test features: split, patient_id, source, label,
+# probability. `cxr evaluate` reads it instead of running the backbone over those films again.
+HEAD_PREDICTIONS = "head_predictions.csv"
 # Written instead of metrics.json by a backbone/seed that failed to train or evaluate (cxr.failures):
 # {"backbone": str, "seed": int, "stage": "train" | "evaluate", "reason": str}
 FAILURE = "failure.json"
@@ -37,8 +42,11 @@ LEADERBOARD_MD = "leaderboard.md"
 REPORT_HTML = "report.html"
 
 
-def loss_acc_graph(backbone: str) -> str:
-    return f"{backbone}_loss_acc_graph.png"  # the seed's name (its section 4)
+def loss_acc_graph(backbone: str, regime: str = settings.DEFAULT_REGIME) -> str:
+    """The seed's name (its section 4) for a fine-tuned backbone; another regime's carries the regime."""
+    if regime == settings.DEFAULT_REGIME:
+        return f"{backbone}_loss_acc_graph.png"
+    return f"{backbone}_{regime}_loss_acc_graph.png"
 
 
 def gradcam_panel(backbone: str) -> str:

@@ -7,10 +7,50 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import re
+import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
-# --- The dataset (GUIDE section 2) -------------------------------------------------------------------------
+from cxr.errors import UserError
+
+# --- Settings read from the environment ---------------------------------------------------------------------
+
+# A value that cannot be used is recorded here, its default used meanwhile, and check_environment() names it in
+# one line when a command starts: an exception at import would be a traceback before the CLI can say anything.
+_ENVIRONMENT_PROBLEMS: list[str] = []
+
+
+def _from_environment(name: str, default: str, parse: Callable[[str], object], expected: str):
+    text = os.environ.get(name)
+    if text is None:
+        return parse(default)
+    try:
+        return parse(text)
+    except ValueError:
+        _ENVIRONMENT_PROBLEMS.append(f"{name}={text!r}: expected {expected}")
+        return parse(default)
+
+
+def _whole_number_from(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise ValueError(text)
+        return value
+    return parse
+
+
+def check_environment() -> None:
+    """Refuse, in one line naming the variable, an environment setting cxr reads but cannot use: CXR_* values
+    and KERAS_BACKEND (Keras itself fails with a traceback on a backend that is unknown or not installed)."""
+    keras_backend = os.environ.get("KERAS_BACKEND")
+    if keras_backend is not None and keras_backend not in KERAS_BACKENDS:
+        raise UserError(f"KERAS_BACKEND={keras_backend!r}: cxr runs on {' or '.join(KERAS_BACKENDS)}")
+    if _ENVIRONMENT_PROBLEMS:
+        raise UserError(_ENVIRONMENT_PROBLEMS[0])
+
+
+# --- The dataset (docs/decisions.md, "The dataset") ----------------------------------------------------------
 
 KAGGLE_DATASET = "paultimothymooney/chest-xray-pneumonia"
 SPLITS = ("train", "val", "test")
@@ -22,8 +62,9 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 # Stored once at the largest native input of the five backbones (InceptionV3, Xception: 299), so that every
 # backbone reads the same pixels; 224-px backbones are resized down on read.
 PROCESSED_IMAGE_SIZE = 299
-# The official val split holds 16 images (GUIDE section 2), so validation is carved out of train by patient.
-# 10 % of the pooled train images keeps about 520 images for validation, enough for a stable threshold.
+# The official val split holds 16 images, so validation is carved out of train by patient (docs/decisions.md,
+# "The patient split"). 10 % of the pooled train images keeps about 520 images for validation, enough for a stable
+# threshold.
 VAL_FRACTION = 0.1
 # "patient": official test kept, train+val re-split by patient. "official": the Kaggle folders as they are.
 SPLIT_MODE = "patient"
@@ -33,10 +74,20 @@ SHARD_SIZE = 512
 SEED = 42  # the split's and the default training seed
 SEEDS = [42]  # training seeds of the pipeline: one training per backbone and seed (the demo keeps one)
 
-# --- The model and its training (the seed, ../shared/seed/README.md section 4) --------------------------
+# --- The model and its training (the seed: docs/decisions.md, "The seed study") -----------------------------
 
 BACKBONES = ("MobileNet", "InceptionV3", "Xception", "ResNet50", "VGG16")  # the seed's five, in its order
-WEIGHTS = "imagenet"  # the seed; "none" or a path to a .weights.h5 file for clusters without internet
+# Every backbone the registry (cxr.training.backbones) can build: the seed's five, then today's usual starting
+# points, EfficientNetV2 B0 and S and ConvNeXt Tiny (keras.applications 3.15), and CheXNet's DenseNet121
+# (Rajpurkar et al. 2017). The CLI and the pipeline's `backbones` accept any of them; the default stays the seed's.
+ALL_BACKBONES = (*BACKBONES, "EfficientNetV2B0", "EfficientNetV2S", "ConvNeXtTiny", "DenseNet121")
+# The seed. Also "none", a weights file for one backbone, or a folder or gs:// prefix holding the ImageNet files of
+# every backbone under the names keras.applications downloads them as (clusters without internet).
+WEIGHTS = "imagenet"
+# Where `weights=imagenet` finds the backbones' ImageNet files before Keras downloads them: a folder or a gs://
+# prefix laid out as `make weights` writes it (cxr/training/weights.py). `make images WEIGHTS=DIR` bakes the files
+# into the image and sets this, so that a cluster without internet starts from ImageNet; "" = download.
+IMAGENET_WEIGHTS = os.environ.get("CXR_IMAGENET_WEIGHTS", "")
 DENSE_UNITS = 16  # the seed: backbone - Flatten - Dense(16) - Dropout(0.5) - Dense
 DROPOUT = 0.5  # the seed
 LEARNING_RATE = 1e-5  # the seed: Adam(1e-5)
@@ -47,13 +98,26 @@ PATIENCE = 5
 # Keras' default batch size, which the seed's notebook used (flow_from_directory); fits every backbone at
 # 299 px in 16 GB of GPU memory with mixed precision.
 BATCH_SIZE = 32
-IMAGE_SIZE = 0  # 0 = each backbone's native input size (224 or 299, GUIDE section 5)
+IMAGE_SIZE = 0  # 0 = each backbone's native input size (docs/decisions.md, "Training")
 # Upper bounds checked before any work, so a typo cannot eat the machine's memory: 1024 px is 3.4x the largest
 # native input (a 1024-px VGG16 batch of 32 already needs about 60 GB of activations), and 1024 films a batch is
 # 32x Keras' default.
 MAX_IMAGE_SIZE = 1024
 MAX_BATCH_SIZE = 1024
-FREEZE_BACKBONE = False  # the seed fine-tuned the whole network
+# How a backbone learns. "finetune": the seed's protocol, the whole network trained end to end. "frozen": the
+# backbone stays as it is, in inference mode; its features of every film are computed once and cached, and only the
+# seed's head trains on them: the protocol of Kermany et al. 2018 (Cell, frozen InceptionV3 features) and of
+# MedMNIST+'s linear probes (Doerrich et al. 2024), one forward pass instead of up to 30 epochs of training.
+# A training or result that names no regime was fine-tuned: it was written before regimes existed.
+REGIMES = ("finetune", "frozen")
+DEFAULT_REGIME = "finetune"
+PIPELINE_REGIMES = [DEFAULT_REGIME]  # the pipeline's `regimes`: the seed's protocol unless a run asks for more
+# The frozen regime's feature caches: a folder of this name beside the checkpoint folder (cxr train) or at the top
+# of the checkpoint volume (the pipeline), so that every seed, rerun and later pipeline run finds them.
+FEATURES_DIR = "features"
+# Films per batch of feature extraction on a GPU: inference keeps no activations for a backward pass, so batches
+# 8x training's default fit (an out-of-memory error halves them). On the CPU the training batch size is used.
+FEATURE_BATCH_SIZE_GPU = 256
 # BatchNormalization momentum when training from scratch (weights "none", the CPU demo and tests). Measured on
 # synthetic data: MobileNet's validation accuracy stayed at the majority class for 6 epochs with Keras' 0.99,
 # and reached 0.91 by epoch 5 with 0.9. ImageNet-initialised backbones keep Keras' default.
@@ -63,7 +127,7 @@ DEVICE = "gpu"  # the pipeline's train tasks: a task that asked for a GPU and go
 # Keras backends training runs on (KERAS_BACKEND): TensorFlow by default; JAX compiles every step with XLA
 # and, on the Keras team's benchmarks, is often the fastest for CNN training (docs/performance.md).
 KERAS_BACKENDS = ("tensorflow", "jax")
-# Mixed-precision policy on a GPU, per backend: float16 with TensorFlow's loss scaling (GUIDE section 5);
+# Mixed-precision policy on a GPU, per backend: float16 with TensorFlow's loss scaling (docs/decisions.md);
 # bfloat16 on JAX, which needs no loss scaling and which Ampere and later GPUs (A100, H100, H200) run at the
 # float16 rate.
 MIXED_PRECISION_POLICY = {"tensorflow": "mixed_float16", "jax": "mixed_bfloat16"}
@@ -75,6 +139,8 @@ GPU_MEMORY_FRACTION = os.environ.get("CXR_GPU_MEMORY_FRACTION", "")
 
 # --- Evaluation --------------------------------------------------------------------------------------------
 
+# The first operating point: P(pneumonia) >= 0.5, the threshold of Keras' BinaryAccuracy that training reports.
+DEFAULT_THRESHOLD = 0.5
 BOOTSTRAP_SAMPLES = 1000  # resamples for the 95 % intervals; the interval ends move < 0.5 % beyond this
 CONFIDENCE = 0.95
 SIGNIFICANCE = 0.05  # DeLong p-value below which a backbone's AUC is told apart from the best one's
@@ -113,8 +179,9 @@ def _version() -> str:
         return importlib.metadata.version("cxr-bench")
     except importlib.metadata.PackageNotFoundError:
         pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
-        found = re.search(r'^version = "(.+)"$', pyproject.read_text(), re.MULTILINE) if pyproject.is_file() else None
-        return found.group(1) if found else "0+unknown"
+        if not pyproject.is_file():
+            return "0+unknown"
+        return tomllib.loads(pyproject.read_text())["project"]["version"]
 
 
 VERSION = _version()
@@ -122,7 +189,7 @@ VERSION = _version()
 COMPONENT_IMAGE = os.environ.get("CXR_IMAGE", f"localhost/cxr-bench:{VERSION}-gpu")
 PIPELINE_NAME = "chest-xray-backbone-benchmark"
 # Trains at once; five = the seed's five backbones side by side when the cluster has five GPUs.
-PARALLELISM = int(os.environ.get("CXR_PARALLELISM", "5"))
+PARALLELISM = _from_environment("CXR_PARALLELISM", "5", _whole_number_from(1), "a whole number >= 1")
 # The GPU node pool the train tasks select and tolerate; the defaults match k8s/kind/cluster.yaml.tmpl.
 GPU_NODE_SELECTOR = os.environ.get("CXR_GPU_NODE_SELECTOR", "nvidia.com/gpu.present=true")
 GPU_TOLERATION_KEY = "nvidia.com/gpu"
@@ -130,11 +197,19 @@ GPU_TOLERATION_KEY = "nvidia.com/gpu"
 # take about 0.5 GB, the rest is TensorFlow itself.
 TRAIN_CPU = "4"
 TRAIN_MEMORY = "16G"
-TRAIN_RETRIES = 3  # pod retries: a preempted GPU node resumes from the last epoch's checkpoint
+# Pod retries of a train task (`set_retry`), read against KFP 2.17.0 and its Argo 4.0.5 (docs/decisions.md,
+# "Retries"): KFP's workflow defaults make the policy OnError, so a pod lost with its node (Argo: Error) is
+# retried, resuming from the last epoch's checkpoint, and a failed container (Argo: Failed) is not.
+TRAIN_RETRIES = 3
+# set_retry's backoff_max_duration. Argo stops retrying this long after the first pod started and kills a retried
+# pod when it is reached; KFP's default, 1 h, is shorter than one training (the seed's VGG16 took 1 h on one GPU).
+# Two days cover 30 epochs of the slowest backbone on a GPU shared by five trainings, three times over.
+TRAIN_RETRY_WINDOW = "48h"
 # Starts of the training process per backbone and seed, pod retries included (counted on the checkpoint volume):
-# fewer than the TRAIN_RETRIES + 1 pods, so the last pod records the failure and the comparison goes on without
-# that backbone. Read when the task runs; CXR_TRAIN_ATTEMPTS overrides it (the tests set 1).
-TRAIN_ATTEMPTS = int(os.environ.get("CXR_TRAIN_ATTEMPTS", "3"))
+# no more than TRAIN_RETRIES, so that after every start has died with its pod there is still a pod to record the
+# failure and the comparison goes on without that backbone. Read when the task runs; CXR_TRAIN_ATTEMPTS overrides
+# it (the tests set 1).
+TRAIN_ATTEMPTS = _from_environment("CXR_TRAIN_ATTEMPTS", "3", _whole_number_from(1), "a whole number >= 1")
 # A PersistentVolumeClaim mounted on the train tasks for their checkpoints (k8s/base/checkpoints-pvc.yaml), so
 # that a retry on another pod resumes; "" leaves checkpoints in the pod, lost with it.
 CHECKPOINT_PVC = os.environ.get("CXR_CHECKPOINT_PVC", "cxr-checkpoints")

@@ -17,6 +17,7 @@ from cxr.cli import main
 from cxr.cluster import parse_arguments, submit
 from cxr.errors import UserError
 from pipelines.chest_xray_benchmark import YAML
+from tests.conftest import free_port
 
 
 class KfpStandIn(BaseHTTPRequestHandler):
@@ -322,3 +323,16 @@ def test_kaggle_secret_with_an_unreachable_api_is_one_line(closed_port_api, monk
     assert main(["kaggle-secret"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"127.0.0.1:{closed_port_api} is unreachable" in err and "k-3f9a1c" not in err
+
+
+def test_a_password_in_the_kfp_url_is_never_printed(kfp_host, capsys, caplog):
+    port = kfp_host.rsplit(":", 1)[1]
+    with_password = f"http://alice:s3cret-pw@127.0.0.1:{port}"
+    KfpStandIn.state["final_state"] = "FAILED"
+    assert main(["submit", "--host", with_password, "--arg", "epochs=2"]) == 2
+    closed = f"http://alice:s3cret-pw@127.0.0.1:{free_port()}"
+    assert main(["submit", "--host", closed]) == 2
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err + caplog.text
+    assert "ended FAILED" in printed and "is unreachable" in printed and "alice:***@127.0.0.1" in printed
+    assert "s3cret-pw" not in printed

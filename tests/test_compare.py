@@ -9,7 +9,7 @@ import pytest
 
 from cxr.errors import UserError
 from cxr.results import compare
-from cxr.results.evaluate import roc_auc
+from cxr.results.metrics import roc_auc
 
 # Worked by hand. Positives (3 films), negatives (2 films):
 #   A: positives 0.9 0.6 0.4, negatives 0.5 0.1 -> per positive, share of negatives below: 1 1 .5; AUC 5/6

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr.results import evaluate as ev
+from cxr.results import metrics as ev
 
 # 4 normal, 6 pneumonia films; at 0.5: TN 3, FP 1, FN 2, TP 4 (worked out by hand).
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])

@@ -15,16 +15,11 @@ from cxr.cli import main
 from cxr.errors import UserError
 
 
-@pytest.fixture(scope="module")
-def trained(processed_dataset, tmp_path_factory):
-    """MobileNet trained one epoch at 32 px, evaluated into the same folder."""
-    from cxr.results.evaluate import evaluate
-    from cxr.training.train import TrainSettings, train
-
-    folder = tmp_path_factory.mktemp("export") / "MobileNet"
-    train(processed_dataset, folder, TrainSettings("MobileNet", epochs=1, image_size=32, weights="none"))
-    evaluate(processed_dataset, folder, folder, samples=20)
-    return folder
+@pytest.fixture(scope="session")
+def trained(evaluated_mobilenet):
+    """MobileNet trained one epoch at 32 px, evaluated into the same folder: the session's, shared with
+    tests/test_predict.py (tests/conftest.py)."""
+    return evaluated_mobilenet
 
 
 @pytest.fixture(scope="module")
@@ -112,12 +107,17 @@ def test_export_refuses_a_folder_in_use(trained, tmp_path):
 
 
 def test_best_candidate_is_chosen_on_validation(tmp_path):
+    from cxr.results.metrics import json_safe, summarize
     from cxr.serving.export import best_candidate
 
+    # A whole metrics.json (cxr.artifacts checks every part), its validation scores then set by hand.
+    films = pd.DataFrame({"patient_id": list("abcd"), "label": [0, 1, 0, 1], "probability": [0.2, 0.7, 0.4, 0.9]})
+    metrics = json_safe({"backbone": "MobileNet", **summarize(films, films, samples=5)})
     candidates = []
     for name, auc, loss in (("a", 0.90, 0.3), ("b", 0.95, 0.5), ("c", 0.95, 0.4), ("d", None, 0.1)):
         (tmp_path / name).mkdir()
-        (tmp_path / name / files.METRICS).write_text(json.dumps({"validation": {"roc_auc": auc, "loss": loss}}))
+        (tmp_path / name / files.METRICS).write_text(json.dumps(
+            {**metrics, "validation": {**metrics["validation"], "roc_auc": auc, "loss": loss}}))
         candidates.append((tmp_path / f"{name}-model", tmp_path / name))
     assert best_candidate(candidates) == (tmp_path / "c-model", tmp_path / "c")
 

@@ -15,17 +15,12 @@ from cxr.cli import main
 from tests.conftest import TINY_IMAGE_SIZE
 
 
-@pytest.fixture(scope="module")
-def trained(processed_dataset, tmp_path_factory):
+@pytest.fixture(scope="session")
+def trained(evaluated_mobilenet):
     """MobileNet trained one epoch at 32 px and evaluated into the same folder, as `make demo` does not but a
-    user may: model.keras, preprocessing.json and metrics.json side by side."""
-    from cxr.results.evaluate import evaluate
-    from cxr.training.train import TrainSettings, train
-
-    folder = tmp_path_factory.mktemp("predict") / "MobileNet"
-    train(processed_dataset, folder, TrainSettings("MobileNet", epochs=1, image_size=32, weights="none"))
-    evaluate(processed_dataset, folder, folder, samples=20)
-    return folder
+    user may: model.keras, preprocessing.json and metrics.json side by side. The session's, shared with
+    tests/test_export.py (tests/conftest.py)."""
+    return evaluated_mobilenet
 
 
 def test_train_records_the_preprocessing(trained):

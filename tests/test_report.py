@@ -10,8 +10,9 @@ from PIL import Image
 from cxr.cli import main
 from cxr.errors import UserError
 from cxr.results import calibration
-from cxr.results.evaluate import json_safe, roc_auc, roc_curve, summarize
-from cxr.results.report import failures, write_report
+from cxr.results.collect import failures
+from cxr.results.metrics import json_safe, roc_auc, roc_curve, summarize
+from cxr.results.report import write_report
 
 EXPECTED_FILES = {"MobileNet_loss_acc_graph.png", "VGG16_loss_acc_graph.png", "compared_model_graph.png",
                   "roc_curves.png", "confusion_matrices.png", "calibration.png", "leaderboard.csv", "leaderboard.md",
@@ -35,8 +36,13 @@ def test_report_writes_every_file_with_real_content(evaluated_results, tmp_path)
             "auc_diff_ci95_high", "delong_p_vs_best", "vs_best", "brier", "ece"} <= set(table.columns)
     assert table["vs_best"].iloc[0] == "best" and table["auc_diff_vs_best"].iloc[0] == 0
     assert table["delong_p_vs_best"].iloc[1:].between(0, 1).all()
+    # The compact table first (header, rule, three rows), the sentence, then every column for the same rows.
     markdown = written["leaderboard.md"].read_text().splitlines()
-    assert len(markdown) == 2 + 3 + 2 and markdown[0].startswith("| backbone |")
+    assert markdown[0].startswith("| backbone ") and markdown[0].split("|")[2].strip() == "regime"
+    assert all(line.startswith("|") for line in markdown[:5]) and markdown[5] == ""
+    assert markdown[6].startswith(("Cannot be told apart", "Every other model's"))
+    full = markdown[markdown.index("## Every column") + 2:]
+    assert len(full) == 2 + 3 and full[0].split("|")[1].strip() == "backbone" and "delong_p_vs_best" in full[0]
 
 
 def test_html_report_is_self_contained(evaluated_results, tmp_path):
@@ -86,8 +92,9 @@ def write_result(folder: Path, backbone: str, seed: int, test: np.ndarray, val: 
     (folder / "metrics.json").write_text(json.dumps(metrics))
     best = {"loss": 0.5, "accuracy": 0.8, "val_loss": 0.6, "val_accuracy": 0.75}
     (folder / "train_metrics.json").write_text(json.dumps({
-        "backbone": backbone, "best": best, "best_epoch": 2, "epochs_run": 3, "learning_time": "0:00:10",
-        "learning_time_seconds": 10.0, "settings": {"seed": seed}}))
+        "backbone": backbone, "image_size": 32, "best": best, "best_epoch": 2, "epochs_run": 3,
+        "learning_time": "0:00:10", "learning_time_seconds": 10.0,
+        "settings": {"seed": seed, "dense_units": 16, "dropout": 0.5}}))
     pd.DataFrame({"epoch": [1, 2, 3], "loss": [0.7, 0.5, 0.4], "accuracy": [0.6, 0.8, 0.85],
                   "val_loss": [0.7, 0.6, 0.65], "val_accuracy": [0.6, 0.75, 0.7]}).to_csv(folder / "history.csv",
                                                                                           index=False)
@@ -119,7 +126,7 @@ def test_the_ensemble_is_the_hand_averaged_pair_evaluated_as_a_backbone(tmp_path
     expected = summarize(TEST_FILMS.assign(probability=averaged_test), VAL_FILMS.assign(probability=averaged_val),
                          samples=100)
     ensemble = json.loads(written["ensemble_metrics.json"].read_text())
-    assert ensemble["members"] == ["ResNet50", "VGG16"]
+    assert ensemble["members"] == ["ResNet50 · finetune", "VGG16 · finetune"]
     assert ensemble["thresholds"] == pytest.approx(expected["thresholds"])  # chosen on the averaged validation
     assert flat(ensemble) == pytest.approx(flat(json_safe({"backbone": "Ensemble", "members": ensemble["members"],
                                                            **expected})), nan_ok=True)
@@ -151,9 +158,10 @@ def test_a_clearly_worse_backbone_is_told_apart_and_a_near_copy_is_not(tmp_path)
         roc_auc(labels, worse) - roc_auc(labels, best if best_name == "ResNet50" else near_copy))
     assert table.loc["MobileNet", "auc_diff_ci95_low"] < table.loc["MobileNet", "auc_diff_vs_best"] < table.loc[
         "MobileNet", "auc_diff_ci95_high"] < 0
-    markdown = written["leaderboard.md"].read_text()
-    tied = markdown.split(f"Cannot be told apart from the best ({best_name})")[1].split(": ")[1].rstrip(".\n")
-    assert other in tied.split(", ") and "MobileNet" not in tied
+    sentence = next(line for line in written["leaderboard.md"].read_text().splitlines()
+                    if line.startswith(f"Cannot be told apart from the best ({best_name} · finetune)"))
+    tied = sentence.split("): ")[1].rstrip(".")
+    assert f"{other} · finetune" in tied.split(", ") and "MobileNet" not in tied
 
 
 def test_two_seeds_of_one_backbone_give_their_mean_spread_and_averaged_comparison(tmp_path):
@@ -216,3 +224,66 @@ def test_a_broken_failure_record_is_one_clear_error(tmp_path, capsys):
     (folder / "failure.json").write_text("{")
     with pytest.raises(UserError, match="is not a failure record"):
         write_report([folder], tmp_path / "report")
+
+
+def as_frozen(folder: Path, feature_seconds: float) -> Path:
+    """A result rewritten as a frozen training's: the regime in metrics.json and train_metrics.json (which
+    evaluate copies from it), and the feature extraction's time."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    (folder / "metrics.json").write_text(json.dumps({**metrics, "regime": "frozen"}))
+    trained = json.loads((folder / "train_metrics.json").read_text())
+    trained["settings"]["regime"] = "frozen"
+    (folder / "train_metrics.json").write_text(json.dumps({**trained, "feature_seconds": feature_seconds}))
+    return folder
+
+
+def test_regimes_are_rows_of_their_own_compared_side_by_side(tmp_path):
+    val = scores(VAL_FILMS, 2, 41)
+    finetuned, vgg = scores(TEST_FILMS, 3, 42), scores(TEST_FILMS, 1, 45)
+    frozen_seeds = {1: scores(TEST_FILMS, 2, 43), 2: scores(TEST_FILMS, 1.5, 44)}
+    dirs = [write_result(tmp_path / "resnet", "ResNet50", 42, finetuned, val),
+            write_result(tmp_path / "vgg", "VGG16", 42, vgg, val),
+            *(as_frozen(write_result(tmp_path / f"frozen-{seed}", "ResNet50", seed, p, val), 95.0 + seed)
+              for seed, p in frozen_seeds.items())]
+    written, _ = write_report(dirs, tmp_path / "report", samples=100)
+    table = pd.read_csv(written["leaderboard.csv"])
+    assert sorted(zip(table["backbone"], table["regime"], strict=True)) == [
+        ("Ensemble", "finetune + frozen"), ("ResNet50", "finetune"), ("ResNet50", "frozen"), ("VGG16", "finetune")]
+    rows = table.set_index(["backbone", "regime"])
+    labels = TEST_FILMS["label"]
+    frozen = rows.loc[("ResNet50", "frozen")]
+    assert frozen["seeds"] == 2  # the two seeds of one backbone and regime are averaged
+    assert frozen["roc_auc"] == pytest.approx(np.mean([roc_auc(labels, p) for p in frozen_seeds.values()]))
+    # Its learning time includes the feature extraction: 10 s of training + 96 s and + 97 s of features.
+    assert frozen["learning_time"] == "0:01:46 / 0:01:47" and frozen["learning_seconds"] == pytest.approx(106.5)
+    assert rows.loc[("ResNet50", "finetune"), "learning_time"] == "0:00:10"
+    # The paired tests run over every row, the ensemble averages every contender.
+    assert table["delong_p_vs_best"].iloc[1:].between(0, 1).all() and table["vs_best"].iloc[0] == "best"
+    averaged_frozen = (frozen_seeds[1] + frozen_seeds[2]) / 2
+    ensemble = json.loads(written["ensemble_metrics.json"].read_text())
+    assert ensemble["members"] == ["ResNet50 · finetune", "ResNet50 · frozen", "VGG16 · finetune"]
+    assert ensemble["roc_auc"]["value"] == pytest.approx(roc_auc(labels, (finetuned + averaged_frozen + vgg) / 3))
+    assert {"ResNet50_loss_acc_graph.png", "ResNet50_frozen_loss_acc_graph.png"} <= set(written)
+
+    markdown = written["leaderboard.md"].read_text()
+    compact = pd.read_csv(io.StringIO(markdown.split("\n\n")[0]), sep="|", skipinitialspace=True).iloc[1:, 1:-1]
+    compact.columns = [c.strip() for c in compact.columns]
+    assert list(compact.columns) == ["backbone", "regime", "ROC AUC (95 % CI)", "sensitivity at val. threshold",
+                                     "specificity at val. threshold", "vs best", "Brier", "learning time"]
+    frozen_line = next(line for line in markdown.splitlines() if "| frozen " in line)
+    low, high = frozen["roc_auc_ci95"].split("-")
+    assert f"{frozen['roc_auc']:.3f} ({low}-{high})" in frozen_line and "0:01:46 / 0:01:47 †" in frozen_line
+    assert "† A frozen row's learning time includes its feature extraction" in markdown
+    html = written["report.html"].read_text()
+    assert "<tr><td>ResNet50</td><td>frozen</td>" in html
+    assert "A frozen row's learning time includes its feature extraction" in html
+    assert html.index('class="compact"') < html.index('class="full"')
+
+
+def test_without_a_frozen_row_there_is_no_footnote(tmp_path):
+    val = scores(VAL_FILMS, 2, 51)
+    dirs = [write_result(tmp_path / name, name, 42, scores(TEST_FILMS, s, 52), val)
+            for name, s in (("ResNet50", 3), ("VGG16", 1))]
+    written, _ = write_report(dirs, tmp_path / "report", samples=50)
+    assert "feature extraction" not in written["leaderboard.md"].read_text()
+    assert "†" not in written["report.html"].read_text()

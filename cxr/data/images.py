@@ -1,6 +1,6 @@
 """Decoding any image the archive may hold into a square 8-bit grayscale PNG of the stored size.
 
-The real archive is mostly 8-bit grayscale JPEG with a few hundred RGB ones (GUIDE section 2); anything else
+The real archive is mostly 8-bit grayscale JPEG with a few hundred RGB ones (docs/decisions.md); anything else
 (RGBA, CMYK, palette, 16-bit, a PNG named .jpeg) is converted, and a file that cannot be decoded raises
 `UnreadableImage` with a reason that preprocessing records.
 """
@@ -12,7 +12,7 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-# 8,000 x 8,000: ten times the largest real film (about 2,500 x 2,500, GUIDE section 2), a quarter of
+# 8,000 x 8,000: ten times the largest real film (about 2,500 x 2,500, docs/decisions.md), a quarter of
 # PIL's own decompression-bomb limit; a 64-megapixel 8-bit film still decodes in about 64 MB.
 MAX_PIXELS = 64_000_000
 

@@ -7,6 +7,7 @@ DIR/ingest.json. With a gs:// cache, a dataset fetched once is read from the cac
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -53,7 +54,8 @@ class IngestReport:
 
 def folder_files(root: Path, skipped: list[dict[str, str]]) -> list[SourceFile]:
     """Every file under `root`. A symbolic link is followed only when it stays inside `root`: one pointing out
-    of it (a file or a folder) is appended to `skipped` with the reason, so nothing outside the source is read."""
+    of it (a file or a folder), a broken one, a loop of links, or anything that is neither a file nor a folder is
+    appended to `skipped` with the reason, so nothing outside the source is read and nothing is dropped unsaid."""
     root = Path(root)
     inside = root.resolve()
     found = []
@@ -61,11 +63,28 @@ def folder_files(root: Path, skipped: list[dict[str, str]]) -> list[SourceFile]:
         for name in sorted(folders + names):
             path = Path(folder) / name
             relative = path.relative_to(root).as_posix()
-            if path.is_symlink() and not path.resolve().is_relative_to(inside):
-                skipped.append({"file": relative, "reason": "a link out of the source folder (not followed)"})
+            reason = _unreadable_entry(path, inside)
+            if reason:
+                skipped.append({"file": relative, "reason": reason})
             elif path.is_file():
                 found.append(SourceFile(relative, path.stat().st_size, path.read_bytes))
     return sorted(found, key=lambda f: f.path)
+
+
+def _unreadable_entry(path: Path, inside: Path) -> str | None:
+    """Why `path` is left out of an ingest, or None for a file or folder to read."""
+    if path.is_symlink():
+        try:
+            target = path.resolve(strict=True)
+        except RuntimeError:  # Python 3.11 reports a loop of links so, 3.13 as OSError
+            return "a loop of links (not followed)"
+        except OSError as error:
+            return "a loop of links (not followed)" if error.errno == errno.ELOOP else "a broken link"
+        if not target.is_relative_to(inside):
+            return "a link out of the source folder (not followed)"
+    if not (path.is_file() or path.is_dir()):
+        return "neither a file nor a folder"
+    return None
 
 
 def zip_files(archive: zipfile.ZipFile) -> list[SourceFile]:

@@ -1,4 +1,4 @@
-"""Patient identity from Kaggle file names (GUIDE section 2), the key of every leak-free split."""
+"""Patient identity from Kaggle file names (docs/decisions.md, "The dataset"), the key of every leak-free split."""
 
 from __future__ import annotations
 

@@ -8,13 +8,12 @@ accelerator, so each epoch after the first costs the host a shuffle and a batch.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import tensorflow as tf
 
-from cxr import files
+from cxr import artifacts, files
 from cxr.errors import UserError
 
 _FEATURES = {
@@ -34,10 +33,7 @@ def shard_files(data_dir: Path, split: str) -> list[str]:
 
 def split_counts(data_dir: Path) -> dict[str, dict[str, int]]:
     """Images per split and class, from the preprocessing stats."""
-    path = Path(data_dir) / files.STATS
-    if not path.is_file():
-        raise UserError(f"missing {path} (run `cxr preprocess` first)")
-    return json.loads(path.read_text())["counts"]
+    return artifacts.read_stats(Path(data_dir) / files.STATS)["counts"]
 
 
 def resize_film(image: tf.Tensor, size: int) -> tf.Tensor:

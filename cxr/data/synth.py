@@ -20,8 +20,8 @@ from cxr import files
 from cxr.errors import UserError
 from cxr.outputs import make_folder
 
-# Proportions of the real archive (GUIDE section 2): train 1,341 / 3,875, test 234 / 390, 61 % of patients
-# with several images, 242 of 390 test pneumonia bacterial.
+# Proportions of the real archive (docs/decisions.md, "The dataset"): train 1,341 / 3,875, test 234 / 390, 61 % of
+# patients with several images, 242 of 390 test pneumonia bacterial.
 PNEUMONIA_PER_NORMAL_TRAIN = 3
 TEST_NORMAL_PER_TRAIN_NORMAL = 234 / 1341
 TEST_PNEUMONIA_PER_NORMAL = 390 / 234
@@ -133,7 +133,7 @@ def encode_film(film: np.ndarray, size: int, rgb: bool) -> bytes:
 
 
 def _patient_groups(rng: np.random.Generator, images: int) -> list[int]:
-    """Images per patient summing to `images`, about 61 % of patients with several (GUIDE section 2)."""
+    """Images per patient summing to `images`, about 61 % of patients with several (docs/decisions.md)."""
     groups: list[int] = []
     while sum(groups) < images:
         several = rng.random() < 0.61

@@ -11,29 +11,32 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 
 from cxr import settings
 from cxr.errors import UserError
-from cxr.results.evaluate import average_ranks, patient_bootstrap, roc_auc
+from cxr.results.metrics import patient_bootstrap, roc_auc
 
-FILM_COLUMNS = ("source", "patient_id", "label")  # what identifies a film in predictions.csv
+FILM_IDENTITY = ("source", "patient_id", "label")  # what identifies a film in predictions.csv
 
 
 def delong_covariance(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The ROC AUCs of k score vectors on the same films (rows of `scores`, shape (k, films)) and their k x k
     covariance matrix (DeLong, DeLong & Clarke-Pearson 1988), by the midrank algorithm of Sun & Xu (2014), which
-    needs three sorts per model instead of comparing every positive with every negative."""
+    needs three rankings per model (scipy's midranks) instead of comparing every positive with every negative.
+
+    Ours: neither scipy nor the other libraries this project uses implement DeLong's covariance or test."""
     labels = np.asarray(labels, bool)
     scores = np.atleast_2d(np.asarray(scores, float))
     positives, negatives = scores[:, labels], scores[:, ~labels]
     m, n = positives.shape[1], negatives.shape[1]
     aucs, over_negatives, under_positives = [], [], []
     for pos, neg in zip(positives, negatives, strict=True):
-        pooled = average_ranks(np.r_[pos, neg])
+        pooled = rankdata(np.r_[pos, neg])
         # Structural components: per positive film, the share of negatives it outranks (ties half); per negative
         # film, the share of positives that outrank it. The AUC is the mean of either.
-        over_negatives.append((pooled[:m] - average_ranks(pos)) / n)
-        under_positives.append(1 - (pooled[m:] - average_ranks(neg)) / m)
+        over_negatives.append((pooled[:m] - rankdata(pos)) / n)
+        under_positives.append(1 - (pooled[m:] - rankdata(neg)) / m)
         aucs.append(over_negatives[-1].mean())
     covariance = (np.atleast_2d(np.cov(np.array(over_negatives))) / m
                   + np.atleast_2d(np.cov(np.array(under_positives))) / n)
@@ -74,7 +77,7 @@ def indistinguishable(p_value: float, interval: Sequence[float]) -> bool:
 def align_predictions(frames: Sequence[pd.DataFrame], names: Sequence[str]) -> tuple[pd.DataFrame, np.ndarray]:
     """The films (source, patient_id, label; sorted by source) and the probabilities of every frame on them,
     shape (frames, films), joined on `source`. Refuses frames of other films or other labels, naming the file."""
-    films = frames[0].loc[:, list(FILM_COLUMNS)].sort_values("source", kind="stable").reset_index(drop=True)
+    films = frames[0].loc[:, list(FILM_IDENTITY)].sort_values("source", kind="stable").reset_index(drop=True)
     if films["source"].duplicated().any():
         raise UserError(f"{names[0]} lists a film twice")
     probabilities = []

@@ -11,7 +11,6 @@ the rate a uniformly random point would get (the boxes' share of the film).
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import sys
 from collections.abc import Sequence
@@ -20,14 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr import files, settings
+from cxr import artifacts, files, settings
 from cxr.errors import UserError
-from cxr.failures import read_failure
-from cxr.outputs import claim, read_json
-from cxr.results.report import embedded_png
+from cxr.outputs import claim
+from cxr.results import plots, render
 
 OUTCOMES = ("TP", "FN", "FP", "TN")  # the panel's order: hits and misses on pneumonia first
-FILM_COLUMNS = ["source", "label", "probability", "outcome", "in_panel", "shared", "point_x", "point_y", "hit"]
 
 
 # --- Grad-CAM ----------------------------------------------------------------------------------------------
@@ -147,18 +144,6 @@ def shared_films(predictions: pd.DataFrame, count: int) -> list[str]:
 
 # --- The pointing game ---------------------------------------------------------------------------------------
 
-def read_lesions(path: Path) -> pd.DataFrame:
-    """lesions.csv as `cxr synth` writes it (file, width, height, x_min, y_min, x_max, y_max), or a UserError."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--lesions {path}: no such file")
-    lesions = pd.read_csv(path)
-    missing = {"file", "width", "height", "x_min", "y_min", "x_max", "y_max"} - set(lesions.columns)
-    if missing:
-        raise UserError(f"--lesions {path}: missing column(s) {', '.join(sorted(missing))}")
-    return lesions
-
-
 def square_boxes(lesions: pd.DataFrame, size: int) -> dict[str, np.ndarray]:
     """Each film's boxes [k, 4] (x_min, y_min, x_max, y_max) in the pixels of the size x size film the model
     sees: the film is stretched to a square (cxr.data.images.decode_resized), so x scales by size / width and
@@ -191,50 +176,6 @@ def pointing_game(points: np.ndarray, boxes: Sequence[np.ndarray], size: int) ->
             "random_rate": float(np.mean([area_share(b, size) for b in boxes])) if hits else float("nan")}
 
 
-# --- Drawing -------------------------------------------------------------------------------------------------
-
-def _overlay(axis, film: np.ndarray, heatmap: np.ndarray | None, boxes: np.ndarray | None = None,
-             point: np.ndarray | None = None) -> None:
-    from matplotlib.patches import Rectangle
-
-    axis.imshow(film, cmap="gray", vmin=0, vmax=255)
-    if heatmap is not None:
-        axis.imshow(heatmap, cmap="jet", alpha=0.45, vmin=0, vmax=1)
-    for x_min, y_min, x_max, y_max in boxes if boxes is not None else []:
-        # imshow puts pixel i's centre at i: continuous pixel edges sit half a pixel to the left and up.
-        axis.add_patch(Rectangle((x_min - 0.5, y_min - 0.5), x_max - x_min, y_max - y_min, fill=False,
-                                 edgecolor="white", linewidth=1))
-    if point is not None:
-        axis.plot(point[0] - 0.5, point[1] - 0.5, marker="+", color="white", markersize=10, markeredgewidth=2)
-    axis.set_xticks([])
-    axis.set_yticks([])
-
-
-def draw_panel(backbone: str, films: np.ndarray, heatmaps: np.ndarray, table: pd.DataFrame,
-               boxes: dict[str, np.ndarray], out: Path) -> None:
-    """One column per film: the film, then its heatmap over it with the lesion boxes (white) and the map's
-    maximum (+); the title gives the outcome, P(pneumonia) and the true label."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    count = len(table)
-    figure, axes = plt.subplots(2, count, figsize=(2.2 * count, 5), squeeze=False)
-    for column, row in enumerate(table.itertuples()):
-        axes[0, column].set_title(f"{row.outcome}  P={row.probability:.2f}\n"
-                                  f"label {settings.CLASS_NAMES[int(row.label)]}", fontsize=8)
-        _overlay(axes[0, column], films[column], None)
-        _overlay(axes[1, column], films[column], heatmaps[column], boxes.get(row.source),
-                 np.array([row.point_x, row.point_y]))
-    axes[0, 0].set_ylabel("film", fontsize=9)
-    axes[1, 0].set_ylabel("Grad-CAM", fontsize=9)
-    figure.suptitle(f"{backbone}: where the evidence for pneumonia lies (test films)", fontsize=10)
-    figure.tight_layout()
-    figure.savefig(out, dpi=110)
-    plt.close(figure)
-
-
 # --- The command ---------------------------------------------------------------------------------------------
 
 def explain(data_dir: Path, model_dir: Path, result_dir: Path | None, out: Path,
@@ -254,7 +195,7 @@ def explain(data_dir: Path, model_dir: Path, result_dir: Path | None, out: Path,
     with claim(out, "explain", inputs) as output:
         if output.finished and (out / files.EXPLAIN_SUMMARY).is_file():
             print(f"explain: {out} already holds this explanation; reusing it", file=sys.stderr)
-            return read_json(out / files.EXPLAIN_SUMMARY)
+            return artifacts.read_explain_summary(out / files.EXPLAIN_SUMMARY)
         summary = _explain(Path(data_dir), model_dir, result_dir, out, films, lesions, batch_size)
         output.finish()
     return summary
@@ -268,12 +209,13 @@ def _explain(data_dir: Path, model_dir: Path, result_dir: Path, out: Path, films
     if not (result_dir / files.PREDICTIONS).is_file():
         raise UserError(f"missing {result_dir / files.PREDICTIONS}: pass --result (the --out folder of "
                         "`cxr evaluate`)")
-    predictions = pd.read_csv(result_dir / files.PREDICTIONS)
+    # Any test split will do: the panel takes what each outcome has.
+    predictions = artifacts.read_predictions(result_dir / files.PREDICTIONS, both_classes=False)
     threshold = find_threshold(model_dir, result_dir)
     backbone = backbone_name(model_dir)
     model = load_model(model_dir)
     size = int(model.input_shape[1])
-    boxes = square_boxes(read_lesions(lesions), size) if lesions is not None else {}
+    boxes = square_boxes(artifacts.read_lesions(lesions), size) if lesions is not None else {}
 
     panel = choose_films(predictions, threshold, films)
     shared = shared_films(predictions, films)
@@ -311,10 +253,10 @@ def _explain(data_dir: Path, model_dir: Path, result_dir: Path, out: Path, films
     pixels = np.stack([found[s][0] for s in order])
     np.save(out / files.gradcam_heatmaps(backbone), heatmaps)
     np.save(out / files.explained_films(backbone), pixels)
-    table[FILM_COLUMNS].to_csv(out / files.gradcam_films(backbone), index=False)
+    table[list(artifacts.GRADCAM_FILM_COLUMNS)].to_csv(out / files.gradcam_films(backbone), index=False)
     in_panel = table["in_panel"].to_numpy()
-    draw_panel(backbone, pixels[in_panel], heatmaps[in_panel],
-               table[in_panel], boxes, out / files.gradcam_panel(backbone))
+    plots.gradcam_panel(backbone, pixels[in_panel], heatmaps[in_panel], table[in_panel], boxes,
+                        out / files.gradcam_panel(backbone))
     summary = {"backbone": backbone, "layer": grad_cam.layer.name, "grid": list(maps.shape[1:]),
                "image_size": size, "threshold": threshold,
                "films": table.loc[in_panel, ["source", "outcome", "probability"]].to_dict("records"),
@@ -334,38 +276,17 @@ def _explain(data_dir: Path, model_dir: Path, result_dir: Path, out: Path, films
 def compare_backbones(explain_dirs: Sequence[Path], out: Path) -> Path | None:
     """One figure: the films every backbone explained in common (the shared films), one row each, with each
     backbone's heatmap side by side. Returns its path, or None when the folders share no film."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = []
-    for folder in explain_dirs:
-        summary = json.loads((Path(folder) / files.EXPLAIN_SUMMARY).read_text())
-        backbone = summary["backbone"]
-        table = pd.read_csv(Path(folder) / files.gradcam_films(backbone))
-        runs.append((backbone, table.set_index("source"), np.load(Path(folder) / files.gradcam_heatmaps(backbone)),
-                     np.load(Path(folder) / files.explained_films(backbone))))
+    for folder in map(Path, explain_dirs):
+        backbone = artifacts.read_explain_summary(folder / files.EXPLAIN_SUMMARY)["backbone"]
+        table = artifacts.read_gradcam_films(folder / files.gradcam_films(backbone))
+        runs.append((backbone, table.set_index("source"), np.load(folder / files.gradcam_heatmaps(backbone)),
+                     np.load(folder / files.explained_films(backbone))))
     common = [s for s in runs[0][1].index[runs[0][1]["shared"]] if all(s in t.index for _, t, _, _ in runs)]
     if not common:
         return None
-    figure, axes = plt.subplots(len(common), len(runs), figsize=(2.2 * len(runs), 2.3 * len(common)),
-                                squeeze=False)
-    for column, (backbone, table, heatmaps, films) in enumerate(runs):
-        axes[0, column].set_title(backbone, fontsize=10)
-        for row, source in enumerate(common):
-            info, index = table.loc[source], table.index.get_loc(source)
-            _overlay(axes[row, column], films[index], heatmaps[index], None,
-                     np.array([info["point_x"], info["point_y"]]))
-            axes[row, column].set_xlabel(f"{info['outcome']}  P={info['probability']:.2f}", fontsize=8)
-            if column == 0:
-                axes[row, column].set_ylabel(f"{settings.CLASS_NAMES[int(info['label'])]}\n{Path(source).name}",
-                                             fontsize=7)
-    figure.tight_layout()
-    out = Path(out)
-    figure.savefig(out, dpi=110)
-    plt.close(figure)
-    return out
+    plots.gradcam_comparison(runs, common, Path(out))
+    return Path(out)
 
 
 def find_lesions(source: str) -> Path | None:
@@ -382,40 +303,18 @@ def explanations_html(explain_dirs: Sequence[Path], out: Path) -> str:
     """The report's section on where each backbone looks: the pointing game per backbone (when lesions were
     known), the shared films side by side (written to out/gradcam_comparison.png) and each backbone's panel,
     images embedded so that the page stands alone (the KFP UI shows one file)."""
-    summaries = [json.loads((Path(d) / files.EXPLAIN_SUMMARY).read_text()) for d in explain_dirs]
-    rows = []
-    for summary in summaries:
-        game = summary.get("pointing_game")
-        cells = ([f"{game['hit_rate']:.3f}", f"{game['random_rate']:.3f}", str(game["films"])] if game
-                 else ["n/a", "n/a", "0"])
-        rows.append(f"<tr><td>{html.escape(summary['backbone'])}</td><td>{html.escape(summary['layer'])} "
-                    f"({summary['grid'][0]}&times;{summary['grid'][1]})</td>" + "".join(f"<td>{c}</td>" for c in cells)
-                    + "</tr>")
+    summaries = [artifacts.read_explain_summary(Path(d) / files.EXPLAIN_SUMMARY) for d in explain_dirs]
     Path(out).mkdir(parents=True, exist_ok=True)
     comparison = compare_backbones(explain_dirs, Path(out) / files.GRADCAM_COMPARISON)
     panels = [Path(d) / files.gradcam_panel(s["backbone"]) for d, s in zip(explain_dirs, summaries, strict=True)]
-    return f"""<h2>Where each backbone looks (Grad-CAM)</h2>
-<p>Grad-CAM of the pneumonia logit at each backbone's last convolutional block: red is where the evidence for
-pneumonia lies. A model that reads text markers, borders or the film's edges instead of the lungs shows it here
-(Zech et al. 2018). Pointing game: the share of annotated films whose heatmap maximum falls inside a lesion box,
-beside the share a uniformly random point would get (the boxes' area); known only for synthetic data.</p>
-<table><tr><th>backbone</th><th>layer (cells)</th><th>pointing game hit rate</th><th>random point</th>
-<th>annotated films</th></tr>{"".join(rows)}</table>
-{embedded_png(comparison) if comparison else ""}
-{"".join(embedded_png(panel) for panel in panels)}
-"""
+    return render.explanations_section(summaries, comparison, panels)
 
 
 def explain_result(data_dir: Path, model_dir: Path, result_dir: Path, out: Path, films: int,
                    source: str) -> dict | None:
     """What a pipeline's explain step does: `explain` with the source's lesions when it has them, or None (an
     empty `out`) for a training that failed, whose result holds failure.json: the report names it already."""
-    if read_failure(result_dir) is not None:
+    if artifacts.read_failure(result_dir) is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         return None
     return explain(data_dir, model_dir, result_dir, out, films=films, lesions=find_lesions(source))
-
-
-def standalone_page(section: str) -> str:
-    """An HTML section as a page of its own, for the KFP UI's HTML viewer."""
-    return f'<!doctype html><html><head><meta charset="utf-8"></head><body>{section}</body></html>'

@@ -15,9 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxr import files, settings
+from cxr import artifacts, files, settings
 from cxr.errors import UserError
-from cxr.failures import read_failure
 from cxr.outputs import claim
 from cxr.serving.trained import Preprocessing, find_threshold, load_model, read_preprocessing
 
@@ -151,7 +150,7 @@ def best_candidate(candidates: Sequence[tuple[Path, Path]]) -> tuple[Path, Path]
         raise UserError("no evaluated model to export")
 
     def validation(candidate: tuple[Path, Path]) -> tuple[float, float]:
-        metrics = json.loads((Path(candidate[1]) / files.METRICS).read_text())["validation"]
+        metrics = artifacts.read_metrics(Path(candidate[1]) / files.METRICS)["validation"]
         auc = metrics["roc_auc"] if metrics["roc_auc"] is not None else float("-inf")
         return -auc, metrics["loss"]
 
@@ -171,9 +170,9 @@ def export_best_of(model_dirs: Sequence[Path], result_dirs: Sequence[Path], out:
     """The pipeline's export: pair each finished result with its model by backbone and seed, export the best (on
     validation) to `out` and return its backbone; None when no training finished."""
     def key(folder: Path) -> tuple[str, int] | None:
-        if read_failure(folder) is not None or not (Path(folder) / files.TRAIN_METRICS).is_file():
+        if artifacts.read_failure(folder) is not None or not (Path(folder) / files.TRAIN_METRICS).is_file():
             return None
-        trained = json.loads((Path(folder) / files.TRAIN_METRICS).read_text())
+        trained = artifacts.read_train_metrics(Path(folder) / files.TRAIN_METRICS)
         return trained["backbone"], int(trained["settings"]["seed"])
 
     models = {key(d): Path(d) for d in model_dirs if key(d) is not None}

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr import files, settings
+from cxr import artifacts, files, settings
 from cxr.errors import UserError
-from cxr.outputs import read_json
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,7 @@ class Preprocessing:
 
 def write_preprocessing(model_dir: Path, data_dir: Path, image_size: int) -> None:
     """Record in model_dir what preprocessing a model trained on data_dir at image_size expects."""
-    stats = json.loads((Path(data_dir) / files.STATS).read_text())
+    stats = artifacts.read_stats(Path(data_dir) / files.STATS)
     prep = Preprocessing(int(stats["settings"]["image_size"]), int(image_size))
     (Path(model_dir) / files.PREPROCESSING).write_text(json.dumps(prep.__dict__, indent=2))
 
@@ -40,7 +39,7 @@ def read_preprocessing(model_dir: Path) -> Preprocessing:
     if not path.is_file():
         raise UserError(f"missing {path}: --model must be a folder `cxr train` wrote (retrain models older than "
                         "this file)")
-    return Preprocessing(**json.loads(path.read_text()))
+    return Preprocessing(**artifacts.read_preprocessing(path))
 
 
 def load_model(model_dir: Path):
@@ -55,7 +54,7 @@ def load_model(model_dir: Path):
     for name in (files.MODEL, files.TRAIN_METRICS):
         if not (model_dir / name).is_file():
             raise UserError(f"missing {model_dir / name}: --model must be a folder `cxr train` wrote")
-    trained = read_json(model_dir / files.TRAIN_METRICS)
+    trained = artifacts.read_train_metrics(model_dir / files.TRAIN_METRICS)
     keras.mixed_precision.set_global_policy("float32")
     head = trained["settings"]
     model = build_model(get_backbone(trained["backbone"]), trained["image_size"], dense_units=head["dense_units"],
@@ -69,7 +68,7 @@ def load_model(model_dir: Path):
 
 
 def backbone_name(model_dir: Path) -> str:
-    return json.loads((Path(model_dir) / files.TRAIN_METRICS).read_text())["backbone"]
+    return artifacts.read_train_metrics(Path(model_dir) / files.TRAIN_METRICS)["backbone"]
 
 
 def find_threshold(model_dir: Path, result_dir: Path | None = None, threshold: float | None = None) -> float:
@@ -84,7 +83,7 @@ def find_threshold(model_dir: Path, result_dir: Path | None = None, threshold: f
     if not path.is_file():
         raise UserError(f"no {files.METRICS} in {folder}: pass --result (the --out folder of `cxr evaluate`) or "
                         "--threshold")
-    return float(json.loads(path.read_text())["thresholds"]["validation"])
+    return artifacts.read_metrics(path)["thresholds"]["validation"]
 
 
 def decode_bytes(data: bytes, prep: Preprocessing) -> np.ndarray:

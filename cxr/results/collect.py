@@ -1,0 +1,131 @@
+"""The results a report compares: result folders read through their checked loaders, grouped into contenders
+(one backbone in one regime over its seeds), plus the ensemble of all of them.
+
+A result folder is what `cxr evaluate` wrote for one backbone, regime and seed, or a folder holding only
+failure.json for one that did not finish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxr import artifacts, files, settings
+from cxr.errors import UserError
+from cxr.failures import Failure
+from cxr.results import compare
+from cxr.results.metrics import json_safe, summarize
+
+ENSEMBLE = "Ensemble"
+
+
+def label(backbone: str, regime: str) -> str:
+    """How the report names a contender: `ResNet50 · frozen`; the ensemble by its name alone."""
+    return backbone if backbone == ENSEMBLE else f"{backbone} · {regime}"
+
+
+@dataclass(frozen=True)
+class Result:
+    """One backbone trained in one regime with one seed and evaluated: the folder `cxr evaluate` wrote."""
+    backbone: str
+    regime: str
+    seed: int
+    folder: Path
+    training: dict  # train_metrics.json
+    history: pd.DataFrame  # history.csv
+    metrics: dict  # metrics.json
+    test: pd.DataFrame  # predictions.csv
+    val: pd.DataFrame  # val_predictions.csv
+
+    @property
+    def learning_seconds(self) -> float:
+        """The training's time, its feature extraction included (a frozen backbone's one forward pass over the
+        films is part of what that regime costs)."""
+        return float(self.training["learning_time_seconds"]) + float(self.training.get("feature_seconds", 0.0))
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One leaderboard row: a backbone in one regime over its seeds, or the ensemble of every other row."""
+    backbone: str
+    regime: str  # for the ensemble: the regimes of its members, joined by " + "
+    runs: tuple[Result, ...]  # one per seed, by seed; none for the ensemble
+    test: np.ndarray  # P(pneumonia), one row per seed, on the common test films
+    metrics: dict | None = None  # the ensemble's metrics (a backbone's are per run)
+
+    @property
+    def name(self) -> str:
+        return label(self.backbone, self.regime)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """Seed-averaged P(pneumonia) per test film: what the paired comparisons compare."""
+        return self.test.mean(axis=0)
+
+
+def failures(result_dirs: Sequence[Path]) -> list[Failure]:
+    """The backbones/seeds among `result_dirs` that did not finish, for a caller to log or act on."""
+    return [failure for folder in result_dirs if (failure := artifacts.read_failure(folder)) is not None]
+
+
+def load_result(folder: Path) -> Result:
+    """One evaluated backbone, regime and seed, from the folder `cxr evaluate` wrote; every file checked."""
+    folder = Path(folder)
+    for name in (files.TRAIN_METRICS, files.HISTORY, files.METRICS, files.PREDICTIONS, files.VAL_PREDICTIONS):
+        if not (folder / name).is_file():
+            raise UserError(f"missing {folder / name}: not a result folder of `cxr evaluate` (nor a failure; a "
+                            "result from before val_predictions.csv existed needs `cxr evaluate` again)")
+    metrics = artifacts.read_metrics(folder / files.METRICS)
+    training = artifacts.read_train_metrics(folder / files.TRAIN_METRICS)
+    if metrics["regime"] != training["settings"]["regime"]:
+        raise UserError(f"{folder / files.METRICS} says regime {metrics['regime']}, {folder / files.TRAIN_METRICS}"
+                        f" {training['settings']['regime']}: evaluate the training again into a new folder")
+    return Result(metrics["backbone"], metrics["regime"], int(training["settings"]["seed"]), folder, training,
+                  artifacts.read_history(folder / files.HISTORY), metrics,
+                  artifacts.read_predictions(folder / files.PREDICTIONS),
+                  artifacts.read_val_predictions(folder / files.VAL_PREDICTIONS))
+
+
+def refuse_duplicates(results: Sequence[Result]) -> None:
+    """One result per backbone, regime and seed: two would count one training twice."""
+    seen: dict[tuple[str, str, int], Path] = {}
+    for result in results:
+        key = (result.backbone, result.regime, result.seed)
+        if key in seen:
+            raise UserError(f"two result folders hold the same backbone and seed ({result.backbone}, "
+                            f"{result.regime}, seed {result.seed}): {seen[key]} and {result.folder}")
+        seen[key] = result.folder
+
+
+def _regime_order(regime: str) -> int:
+    return settings.REGIMES.index(regime) if regime in settings.REGIMES else len(settings.REGIMES)
+
+
+def contenders(results: Sequence[Result], samples: int = settings.BOOTSTRAP_SAMPLES,
+               ) -> tuple[pd.DataFrame, list[Contender]]:
+    """The common test films and one Contender per backbone and regime (its seeds), plus the ensemble when two
+    or more finished: the mean P(pneumonia) of the contenders (each seed-averaged), evaluated as a backbone is,
+    its threshold chosen on the validation films."""
+    test_films, test = compare.align_predictions([r.test for r in results],
+                                                 [str(r.folder / files.PREDICTIONS) for r in results])
+    val_films, val = compare.align_predictions([r.val for r in results],
+                                               [str(r.folder / files.VAL_PREDICTIONS) for r in results])
+    rows, val_of = [], []
+    for backbone, regime in sorted({(r.backbone, r.regime) for r in results},
+                                   key=lambda key: (key[0], _regime_order(key[1]))):
+        members = [i for i, r in enumerate(results) if (r.backbone, r.regime) == (backbone, regime)]
+        rows.append(Contender(backbone, regime, tuple(results[i] for i in members), test[members]))
+        val_of.append(val[members].mean(axis=0))
+    if len(rows) > 1:
+        ensemble_test = np.mean([c.probabilities for c in rows], axis=0)
+        ensemble_val = np.mean(val_of, axis=0)
+        metrics = summarize(test_films.assign(probability=ensemble_test), val_films.assign(probability=ensemble_val),
+                            samples)
+        regimes = " + ".join(sorted({c.regime for c in rows}, key=_regime_order))
+        rows.append(Contender(ENSEMBLE, regimes, (), ensemble_test[None], json_safe(
+            {"backbone": ENSEMBLE, "members": [c.name for c in rows], **metrics})))
+    return test_films, rows
