@@ -9,21 +9,25 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint demo synth bench gpu-wheels compile images image-test cluster deploy load run upload ui down
+.PHONY: help install test test-slow lint demo synth serve bench gpu-wheels compile weights images push \
+  image-test cluster deploy load run upload ui down
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(VENV)/.installed ## create .venv with the project, TensorFlow (CPU) and the test tools
+install: $(VENV)/.installed ## create .venv with the project, TensorFlow (CPU), KServe (cxr serve) and the test tools
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e ".[cpu,dev]"
+	$(PYTHON) -m pip install --quiet -e ".[cpu,dev,serve]"
 	touch $@
 
-test: install ## run the test suite (unit, TensorFlow on tiny data, KFP local runner, GCS emulator)
+test: install ## the test suite without its slow tier (TensorFlow on tiny data, KFP local runner, GCS emulator)
 	$(PYTHON) -m pytest
+
+test-slow: install ## the slow tier only: tests marked slow (every backbone through the GPU benchmark's smoke run)
+	$(PYTHON) -m pytest -m slow
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check .
@@ -33,6 +37,18 @@ synth: install ## write a synthetic dataset to runs/synthetic (small films, for 
 
 demo: install ## the whole pipeline on synthetic data through KFP's local runner; prints where the report is
 	$(PYTHON) -m pipelines.local_demo --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+
+# `make serve MODEL=runs/MobileNet [RESULT=runs/MobileNet-eval] [SERVE_HOST=0.0.0.0] [SERVE_PORT=8081]`: the
+# threshold comes from RESULT's metrics.json (default: MODEL's own); host and port default as in cxr/settings.py
+# (127.0.0.1:8080). Ctrl-C stops it.
+MODEL ?=
+RESULT ?=
+SERVE_HOST ?=
+SERVE_PORT ?=
+serve: install ## serve MODEL=DIR (a `cxr train` folder) on 127.0.0.1:8080, KServe REST v1 and v2 (README, Serving)
+	$(if $(MODEL),,$(error MODEL=DIR is required: the --out folder of `cxr train`))
+	$(VENV)/bin/cxr serve --model "$(MODEL)" $(if $(RESULT),--result "$(RESULT)") \
+	  $(if $(SERVE_HOST),--host $(SERVE_HOST)) $(if $(SERVE_PORT),--port $(SERVE_PORT))
 
 bench: install ## the CPU benchmarks, each against a baseline in the same run (docs/performance.md; 5 min on 2 cores)
 	bash benchmarks/cpu_bench.sh
@@ -50,7 +66,10 @@ gpu-wheels: ## download into .gpu-wheels the wheels benchmarks/gpu_run.sh carrie
 # Compile-time settings of the pipeline YAML (defaults as in cxr/settings.py); override on the command line.
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE_REPO ?= localhost/cxr-bench
-IMAGE ?= $(IMAGE_REPO):$(VERSION)-gpu
+# `make push REGISTRY=...` tags the images as REGISTRY/cxr-bench; with REGISTRY set, compile and deploy use those.
+REGISTRY ?=
+PUSH_REPO = $(REGISTRY)/$(notdir $(IMAGE_REPO))
+IMAGE ?= $(if $(REGISTRY),$(PUSH_REPO),$(IMAGE_REPO)):$(VERSION)-gpu
 PARALLELISM ?= 5
 GPU_NODE_SELECTOR ?= nvidia.com/gpu.present=true
 CHECKPOINT_PVC ?= cxr-checkpoints
@@ -68,19 +87,42 @@ BASE_IMAGE ?= python:3.11-slim-bookworm
 # The Keras backend the GPU image trains with: tensorflow, or jax (JAX on the GPU, TensorFlow-CPU for tf.data).
 KERAS_BACKEND ?= tensorflow
 
-images: ## build the component image, GPU and CPU variants (tags VERSION-gpu, VERSION-cpu); KERAS_BACKEND=jax
+# A folder of the backbones' ImageNet files (`make weights DIR=...`) to bake into the images; empty: none.
+WEIGHTS ?=
+
+weights: install ## download every backbone's ImageNet weights into DIR (needs internet); then make images WEIGHTS=DIR
+	$(if $(DIR),,$(error DIR must name the folder to download the ImageNet weights into: make weights DIR=weights))
+	$(PYTHON) -m cxr.training.weights --out $(DIR)
+
+# With WEIGHTS, docker/Dockerfile.weights adds the files on top of each variant, the folder as its build context.
+images: ## build the component image, GPU and CPU (tags VERSION-gpu, -cpu); KERAS_BACKEND=jax; WEIGHTS=DIR bakes them in
+	$(if $(WEIGHTS),$(if $(wildcard $(WEIGHTS)/.),,$(error WEIGHTS=$(WEIGHTS) is not a folder; make weights DIR=$(WEIGHTS) \
+	  downloads the files into one)))
 	for variant in gpu cpu; do \
 	  $(CONTAINER) build -f docker/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 	    --build-arg TF_VARIANT=$$variant --build-arg KERAS_BACKEND=$(KERAS_BACKEND) --build-arg VERSION=$(VERSION) \
 	    -t $(IMAGE_REPO):$(VERSION)-$$variant . || exit 1; \
+	  $(if $(WEIGHTS),$(CONTAINER) build -f docker/Dockerfile.weights \
+	    --build-arg IMAGE=$(IMAGE_REPO):$(VERSION)-$$variant -t $(IMAGE_REPO):$(VERSION)-$$variant $(WEIGHTS) || exit 1;) \
 	done
+
+push: ## tag the images as REGISTRY/cxr-bench and push them (REGISTRY=REGION-docker.pkg.dev/PROJECT/REPO)
+	$(if $(REGISTRY),,$(error REGISTRY must name the registry to push to, e.g. make push \
+	  REGISTRY=europe-west4-docker.pkg.dev/PROJECT/REPO))
+	for variant in gpu cpu; do \
+	  $(CONTAINER) tag $(IMAGE_REPO):$(VERSION)-$$variant $(PUSH_REPO):$(VERSION)-$$variant && \
+	  $(CONTAINER) push $(PUSH_REPO):$(VERSION)-$$variant || exit 1; \
+	done
+	@echo "pushed $(PUSH_REPO):$(VERSION)-gpu and -cpu; make compile REGISTRY=$(REGISTRY) builds the pipeline on them"
 
 image-test: ## build the CPU image with podman on a debootstrap base and run the steps inside it (root; CI)
 	bash docker/test-image.sh
 
 CLUSTER ?= cxr
 KFP_VERSION ?= 2.17.0
-DEVICE_PLUGIN_VERSION ?= 0.17.1
+# The newest 0.20.x; its values keep the meaning the time-slicing values and the kind GPU worker rely on
+# (docs/decisions.md, "The device plugin chart").
+DEVICE_PLUGIN_VERSION ?= 0.20.0
 KFP_MANIFESTS := github.com/kubeflow/pipelines/manifests/kustomize
 KFP_HOST ?= http://localhost:8080
 # Train tasks that share one GPU (the device plugin's time-slicing); 1 = each task has a GPU to itself.

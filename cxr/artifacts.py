@@ -379,7 +379,8 @@ def read_failure(folder: Path) -> Failure | None:
     try:
         record = read_json(path)
         failure = Failure(_string(record, path, "backbone"), _number(record, path, "seed", integer=True),
-                          _string(record, path, "stage"), str(_value(record, path, "reason")))
+                          _string(record, path, "stage"), str(_value(record, path, "reason")),
+                          _regime(record, path, "regime"))
     except UserError as error:
         raise UserError(f"{path} is not a failure record ({str(error).removeprefix(f'{path}: ')}): it needs "
                         "backbone, seed, stage, reason") from None

@@ -9,6 +9,7 @@
     cxr explain --data DIR --model DIR --result DIR --out DIR   Grad-CAM panels and the pointing game
     cxr predict --model DIR FILM...        P(pneumonia) and the decision for new films
     cxr export --model DIR --out DIR       a SavedModel for TF Serving and KServe
+    cxr serve --model DIR                  a KServe model server (REST v1 and v2) on 127.0.0.1:8080
     cxr submit / upload / cluster-ready / kaggle-secret   the cluster path (make run, make upload, make deploy)
     cxr gpus                               the GPUs this process sees
 """
@@ -55,7 +56,7 @@ def _train(args: argparse.Namespace) -> None:
     from cxr.training.train import TrainSettings, train
 
     metrics = train(args.data, args.out, TrainSettings.from_values(vars(args)), checkpoint=args.checkpoint,
-                    device=args.device)
+                    device=args.device, features=args.features)
     print(f"trained {metrics['backbone']} in {metrics['learning_time']} ({metrics['epochs_run']} epochs, "
           f"best {metrics['best_epoch']}, val_acc {metrics['best']['val_accuracy']:.4f}) -> {args.out}")
 
@@ -91,10 +92,10 @@ def _explain(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from cxr.serving.predict import predict_files, write_predictions
+    from cxr.serving.predict import check_output, predict_files, write_predictions
 
-    if args.out is not None and args.out.exists():
-        raise UserError(f"{args.out} exists already; choose another --out")
+    if args.out is not None:
+        check_output(args.out)
     table = predict_files(args.model, args.films, result_dir=args.result, threshold=args.threshold,
                           batch_size=args.batch_size)
     write_predictions(table, args.out)
@@ -109,6 +110,18 @@ def _export(args: argparse.Namespace) -> None:
 
     path = export(args.model, args.out, result_dir=args.result, threshold=args.threshold)
     print(f"exported the SavedModel to {path} (signature serving_default: image_bytes -> probability, decision)")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    try:
+        from cxr.serving.server import serve
+    except ModuleNotFoundError as error:
+        if (error.name or "").partition(".")[0] not in ("kserve", "fastapi", "uvicorn"):
+            raise
+        raise UserError(f"the serve extra is not installed ({error.name} is missing): pip install -e '.[serve]', "
+                        "or make install") from None
+    serve(args.model, result_dir=args.result, threshold=args.threshold, name=args.name, host=args.host,
+          port=args.port)
 
 
 def _submit(args: argparse.Namespace) -> None:
@@ -211,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", required=True, type=Path)
     _add_train_options(sub)
     sub.add_argument("--checkpoint", type=Path, help="checkpoint folder (default OUT/checkpoint)")
+    sub.add_argument("--features", type=Path, help="the feature cache of --regime frozen, shared by every seed "
+                     f"(default: a {settings.FEATURES_DIR} folder beside the checkpoint folder)")
     sub.add_argument("--device", choices=DEVICES, default="auto",
                      help="auto: a GPU when one is visible; gpu: exit 2 at once without one; cpu: ignore GPUs")
 
@@ -249,6 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--result", type=Path, help="the --out folder of `cxr evaluate` (default: --model)")
     sub.add_argument("--threshold", type=float, help=threshold_help)
     sub.add_argument("--out", required=True, type=Path, help="a new folder; the model goes to OUT/1/")
+
+    sub = command("serve", _serve, "serve a trained model over HTTP (KServe REST v1 and v2) until SIGTERM")
+    sub.add_argument("--model", required=True, type=Path, help="the --out folder of `cxr train`")
+    chosen = sub.add_mutually_exclusive_group()
+    chosen.add_argument("--result", type=Path, help="the --out folder of `cxr evaluate` (default: --model)")
+    chosen.add_argument("--threshold", type=float, help=threshold_help)
+    sub.add_argument("--name", default=settings.SERVE_MODEL_NAME, help="the model's name in the URLs")
+    sub.add_argument("--host", default=settings.SERVE_HOST, help="the address to listen on; 0.0.0.0 for every one")
+    sub.add_argument("--port", type=int, default=settings.SERVE_PORT, help="0: any free port")
 
     package = Path("pipelines/chest_xray_benchmark.yaml")
     sub = command("submit", _submit, "submit the compiled pipeline to KFP, wait, print the run's URL and state")

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cxr import files
+from cxr import files, settings
 
 STAGES = ("train", "evaluate")
 
@@ -22,9 +22,12 @@ class Failure:
     seed: int
     stage: str  # "train" or "evaluate"
     reason: str  # one line: the error, or how the process died
+    regime: str = settings.DEFAULT_REGIME  # settings.REGIMES; records that predate regimes were fine-tuned
 
     def line(self) -> str:
-        return f"{self.backbone} (seed {self.seed}) failed in {self.stage}: {self.reason}"
+        # The seed's regime goes unnamed, as it always did; another one is named as the report's rows name it.
+        regime = "" if self.regime == settings.DEFAULT_REGIME else f" · {self.regime}"
+        return f"{self.backbone}{regime} (seed {self.seed}) failed in {self.stage}: {self.reason}"
 
 
 def write_failure(folder: Path, failure: Failure) -> None:

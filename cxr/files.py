@@ -13,6 +13,9 @@ HISTORY = "history.csv"
 PREPROCESSING = "preprocessing.json"  # the sizes a film is decoded and resized to: what predict and export repeat
 TRAIN_METRICS = "train_metrics.json"
 CHECKPOINT_DIR = "checkpoint"
+# The frozen regime's head on the cached validation and test features: split, patient_id, source, label,
+# probability. `cxr evaluate` reads it instead of running the backbone over those films again.
+HEAD_PREDICTIONS = "head_predictions.csv"
 # Written instead of metrics.json by a backbone/seed that failed to train or evaluate (cxr.failures):
 # {"backbone": str, "seed": int, "stage": "train" | "evaluate", "reason": str}
 FAILURE = "failure.json"

@@ -206,6 +206,18 @@ def _link_new(temporary: Path, path: Path, option: str) -> None:
 
 
 
+def owner_of(path: Path) -> tuple[Path, list[str]] | None:
+    """The nearest folder at or above `path` that cxr commands own (it holds RECORD), with those commands; None
+    when there is none. For outputs that are files, not folders: they must not land among another command's."""
+    for folder in [Path(path).resolve(), *Path(path).resolve().parents]:
+        if (folder / RECORD).is_file():
+            try:
+                return folder, sorted(json.loads((folder / RECORD).read_text()))
+            except (OSError, json.JSONDecodeError):
+                return folder, []
+    return None
+
+
 def read_json(path: Path) -> dict:
     """A JSON file another step wrote; an empty, truncated or missing one is one line naming it."""
     try:

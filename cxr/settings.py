@@ -77,7 +77,17 @@ SEEDS = [42]  # training seeds of the pipeline: one training per backbone and se
 # --- The model and its training (the seed: docs/decisions.md, "The seed study") -----------------------------
 
 BACKBONES = ("MobileNet", "InceptionV3", "Xception", "ResNet50", "VGG16")  # the seed's five, in its order
-WEIGHTS = "imagenet"  # the seed; "none" or a path to a .weights.h5 file for clusters without internet
+# Every backbone the registry (cxr.training.backbones) can build: the seed's five, then today's usual starting
+# points, EfficientNetV2 B0 and S and ConvNeXt Tiny (keras.applications 3.15), and CheXNet's DenseNet121
+# (Rajpurkar et al. 2017). The CLI and the pipeline's `backbones` accept any of them; the default stays the seed's.
+ALL_BACKBONES = (*BACKBONES, "EfficientNetV2B0", "EfficientNetV2S", "ConvNeXtTiny", "DenseNet121")
+# The seed. Also "none", a weights file for one backbone, or a folder or gs:// prefix holding the ImageNet files of
+# every backbone under the names keras.applications downloads them as (clusters without internet).
+WEIGHTS = "imagenet"
+# Where `weights=imagenet` finds the backbones' ImageNet files before Keras downloads them: a folder or a gs://
+# prefix laid out as `make weights` writes it (cxr/training/weights.py). `make images WEIGHTS=DIR` bakes the files
+# into the image and sets this, so that a cluster without internet starts from ImageNet; "" = download.
+IMAGENET_WEIGHTS = os.environ.get("CXR_IMAGENET_WEIGHTS", "")
 DENSE_UNITS = 16  # the seed: backbone - Flatten - Dense(16) - Dropout(0.5) - Dense
 DROPOUT = 0.5  # the seed
 LEARNING_RATE = 1e-5  # the seed: Adam(1e-5)
@@ -94,12 +104,20 @@ IMAGE_SIZE = 0  # 0 = each backbone's native input size (docs/decisions.md, "Tra
 # 32x Keras' default.
 MAX_IMAGE_SIZE = 1024
 MAX_BATCH_SIZE = 1024
-FREEZE_BACKBONE = False  # the seed fine-tuned the whole network
-# How a backbone is trained: "finetune" updates the whole network end to end (the seed's protocol); "frozen" keeps
-# the backbone fixed and trains the head on its features (Kermany et al. 2018 trained on frozen InceptionV3 features).
+# How a backbone learns. "finetune": the seed's protocol, the whole network trained end to end. "frozen": the
+# backbone stays as it is, in inference mode; its features of every film are computed once and cached, and only the
+# seed's head trains on them: the protocol of Kermany et al. 2018 (Cell, frozen InceptionV3 features) and of
+# MedMNIST+'s linear probes (Doerrich et al. 2024), one forward pass instead of up to 30 epochs of training.
 # A training or result that names no regime was fine-tuned: it was written before regimes existed.
 REGIMES = ("finetune", "frozen")
 DEFAULT_REGIME = "finetune"
+PIPELINE_REGIMES = [DEFAULT_REGIME]  # the pipeline's `regimes`: the seed's protocol unless a run asks for more
+# The frozen regime's feature caches: a folder of this name beside the checkpoint folder (cxr train) or at the top
+# of the checkpoint volume (the pipeline), so that every seed, rerun and later pipeline run finds them.
+FEATURES_DIR = "features"
+# Films per batch of feature extraction on a GPU: inference keeps no activations for a backward pass, so batches
+# 8x training's default fit (an out-of-memory error halves them). On the CPU the training batch size is used.
+FEATURE_BATCH_SIZE_GPU = 256
 # BatchNormalization momentum when training from scratch (weights "none", the CPU demo and tests). Measured on
 # synthetic data: MobileNet's validation accuracy stayed at the majority class for 6 epochs with Keras' 0.99,
 # and reached 0.91 by epoch 5 with 0.9. ImageNet-initialised backbones keep Keras' default.
@@ -135,6 +153,21 @@ CALIBRATION_BINS = 15
 # Films in each Grad-CAM panel: two of each outcome (true/false positive/negative) fit one readable figure.
 EXPLAIN_FILMS = 8
 
+# --- Serving (`cxr serve`, docs/serving.md) ----------------------------------------------------------------
+
+# The InferenceService's name in k8s/serving/, so that a request's URL is the same locally and in the cluster.
+SERVE_MODEL_NAME = "cxr-pneumonia"
+# Loopback unless asked: a model server reachable from the network is a decision, not a default. The image and
+# the InferenceService pass --host 0.0.0.0 (KServe's own servers bind 0.0.0.0, kserve/protocol/rest/server.py).
+SERVE_HOST = "127.0.0.1"
+# KServe's default HTTP port (kserve.constants DEFAULT_HTTP_PORT), the port an InferenceService routes to.
+SERVE_PORT = 8080
+# Films in one request, predicted as one batch: Keras' default batch (BATCH_SIZE), the batch `cxr predict` runs.
+SERVE_MAX_INSTANCES = BATCH_SIZE
+# Request bodies above this are refused before they are read: SERVE_MAX_INSTANCES films of 1.5 MB (about 7x the
+# archive's mean JPEG, 1.2 GB over 5,856 films) in base64 (4/3) is 64 MB. CXR_SERVE_MAX_BODY_BYTES overrides it.
+SERVE_MAX_BODY_BYTES = int(os.environ.get("CXR_SERVE_MAX_BODY_BYTES", str(64 * 1024 * 1024)))
+
 # --- Containers and the pipeline ---------------------------------------------------------------------------
 
 
@@ -164,10 +197,18 @@ GPU_TOLERATION_KEY = "nvidia.com/gpu"
 # take about 0.5 GB, the rest is TensorFlow itself.
 TRAIN_CPU = "4"
 TRAIN_MEMORY = "16G"
-TRAIN_RETRIES = 3  # pod retries: a preempted GPU node resumes from the last epoch's checkpoint
+# Pod retries of a train task (`set_retry`), read against KFP 2.17.0 and its Argo 4.0.5 (docs/decisions.md,
+# "Retries"): KFP's workflow defaults make the policy OnError, so a pod lost with its node (Argo: Error) is
+# retried, resuming from the last epoch's checkpoint, and a failed container (Argo: Failed) is not.
+TRAIN_RETRIES = 3
+# set_retry's backoff_max_duration. Argo stops retrying this long after the first pod started and kills a retried
+# pod when it is reached; KFP's default, 1 h, is shorter than one training (the seed's VGG16 took 1 h on one GPU).
+# Two days cover 30 epochs of the slowest backbone on a GPU shared by five trainings, three times over.
+TRAIN_RETRY_WINDOW = "48h"
 # Starts of the training process per backbone and seed, pod retries included (counted on the checkpoint volume):
-# fewer than the TRAIN_RETRIES + 1 pods, so the last pod records the failure and the comparison goes on without
-# that backbone. Read when the task runs; CXR_TRAIN_ATTEMPTS overrides it (the tests set 1).
+# no more than TRAIN_RETRIES, so that after every start has died with its pod there is still a pod to record the
+# failure and the comparison goes on without that backbone. Read when the task runs; CXR_TRAIN_ATTEMPTS overrides
+# it (the tests set 1).
 TRAIN_ATTEMPTS = _from_environment("CXR_TRAIN_ATTEMPTS", "3", _whole_number_from(1), "a whole number >= 1")
 # A PersistentVolumeClaim mounted on the train tasks for their checkpoints (k8s/base/checkpoints-pvc.yaml), so
 # that a retry on another pod resumes; "" leaves checkpoints in the pod, lost with it.

@@ -67,6 +67,30 @@ print(f"inside the image: MobileNet trained 1 epoch on {metrics['train_images']}
       f"evaluated on {evaluation['test_images']}")
 PY
 
+step "serving the trained model inside the image (cxr serve, the serve extra) and asking it over HTTP"
+podman run --rm --volume "$work:/work" "$image" sh -ec '
+  cxr serve --model /work/model --result /work/result --host 0.0.0.0 --port 8080 &
+  server=$!
+  python3 - <<"PY"
+import base64, glob, json, time, urllib.request
+for _ in range(180):
+    try:
+        urllib.request.urlopen("http://127.0.0.1:8080/v2/health/ready", timeout=2)
+        break
+    except OSError:
+        time.sleep(1)
+film = sorted(glob.glob("/work/raw/test/*/*.jpeg"))[0]
+body = json.dumps({"instances": [{"b64": base64.b64encode(open(film, "rb").read()).decode()}]}).encode()
+request = urllib.request.Request("http://127.0.0.1:8080/v1/models/cxr-pneumonia:predict", data=body,
+                                 headers={"Content-Type": "application/json"})
+[prediction] = json.load(urllib.request.urlopen(request, timeout=60))["predictions"]
+assert 0 <= prediction["probability"] <= 1 and prediction["decision"] in ("NORMAL", "PNEUMONIA"), prediction
+print(f"inside the image: cxr serve answered {prediction}")
+PY
+  kill -TERM "$server"
+  wait "$server"
+'
+
 step "checking that no certificate or credential is in the image"
 if podman run --rm "$image" cat "$ca_bundle" 2>/dev/null | cmp -s - "$ca_bundle"; then
   echo "the build machine's CA bundle is inside the image" >&2; exit 1

@@ -1,8 +1,10 @@
-"""Shared fixtures: one small synthetic dataset, ingested and preprocessed once per test session."""
+"""Shared fixtures: one small synthetic dataset, ingested and preprocessed once per test session, and the
+trained models the tests share, each trained once per session (a training is the dearest thing a test does)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +22,9 @@ from cxr.data.synth import synthesize  # noqa: E402
 # Small enough to keep `make test` in minutes on 2 cores, large enough for a patient split with both classes.
 TINY_PER_CLASS = 24
 TINY_IMAGE_SIZE = 40
+# A MobileNet that learns something in two epochs at 32 px: what tests/test_train.py trains, resumes and refuses.
+TINY_TRAINING = dict(backbone="mobilenet", image_size=32, weights="none", batch_size=16, learning_rate=1e-3,
+                     patience=3)
 
 
 @pytest.fixture(scope="session")
@@ -100,3 +105,26 @@ def evaluated_results(processed_dataset, tmp_path_factory) -> dict[str, Path]:
         evaluate(processed_dataset, root / f"{name}-model", root / name, samples=50)
         results[name] = root / name
     return results
+
+
+@pytest.fixture(scope="session")
+def evaluated_mobilenet(evaluated_results, processed_dataset, tmp_path_factory) -> Path:
+    """evaluated_results' MobileNet with its evaluation in the model folder itself, as a user may keep them:
+    model.keras, preprocessing.json and metrics.json side by side (what `cxr predict` and `cxr export` read when
+    no --result is given). A copy, so that the training folder the other tests use stays as `cxr train` left it."""
+    from cxr.results.evaluate import evaluate
+
+    folder = tmp_path_factory.mktemp("evaluated-mobilenet") / "MobileNet"
+    shutil.copytree(evaluated_results["MobileNet"].parent / "MobileNet-model", folder)
+    evaluate(processed_dataset, folder, folder, samples=20)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_training(processed_dataset, tmp_path_factory) -> tuple[Path, dict]:
+    """TINY_TRAINING for two epochs, finished: its folder and the metrics train() returned. Tests that change the
+    folder work on a copy."""
+    from cxr.training.train import TrainSettings, train
+
+    folder = tmp_path_factory.mktemp("tiny-training") / "run"
+    return folder, train(processed_dataset, folder, TrainSettings(epochs=2, **TINY_TRAINING))

@@ -73,10 +73,59 @@ def test_kind_config_gives_a_gpu_worker_the_label_and_taint_the_pipeline_selects
         {"key": settings.GPU_TOLERATION_KEY, "value": "present", "effect": "NoSchedule"}]
 
 
-def test_dockerfile_lints_clean():
+@pytest.mark.parametrize("dockerfile", ["docker/Dockerfile", "docker/Dockerfile.weights"])
+def test_dockerfile_lints_clean(dockerfile):
     hadolint = Path(sys.executable).with_name("hadolint")
-    result = subprocess.run([str(hadolint), str(ROOT / "docker/Dockerfile")], capture_output=True, text=True)
+    result = subprocess.run([str(hadolint), str(ROOT / dockerfile)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _dry(*arguments: str) -> subprocess.CompletedProcess:
+    """`make -n`, its recipe lines joined and spaces collapsed in stdout."""
+    dry = subprocess.run(["make", "-n", *arguments], cwd=ROOT, capture_output=True, text=True)
+    dry.stdout = " ".join(dry.stdout.replace("\\\n", " ").split())
+    return dry
+
+
+def test_make_push_tags_and_pushes_both_variants_then_compile_uses_them():
+    dry = _dry("push", "compile", "REGISTRY=europe-west4-docker.pkg.dev/proj/repo", "CONTAINER=podman")
+    assert dry.returncode == 0, dry.stderr
+    pushed = "europe-west4-docker.pkg.dev/proj/repo/cxr-bench:0.1.0-$variant"
+    assert "for variant in gpu cpu; do" in dry.stdout
+    assert f"podman tag localhost/cxr-bench:0.1.0-$variant {pushed} && podman push {pushed} || exit 1;" in dry.stdout
+    assert "CXR_IMAGE=europe-west4-docker.pkg.dev/proj/repo/cxr-bench:0.1.0-gpu" in dry.stdout
+    # Without REGISTRY nothing changes: the local tag.
+    assert "CXR_IMAGE=localhost/cxr-bench:0.1.0-gpu" in _dry("compile").stdout
+
+
+def test_make_push_without_a_registry_stops_before_anything_runs():
+    dry = _dry("push", "CONTAINER=docker")
+    assert dry.returncode == 2 and "docker" not in dry.stdout
+    assert "REGISTRY must name the registry to push to" in dry.stderr
+
+
+def test_make_images_with_weights_bakes_them_into_both_variants(tmp_path):
+    dry = _dry("images", f"WEIGHTS={tmp_path}", "CONTAINER=docker")
+    assert dry.returncode == 0, dry.stderr
+    base = "docker build -f docker/Dockerfile"
+    baked = ("docker build -f docker/Dockerfile.weights --build-arg IMAGE=localhost/cxr-bench:0.1.0-$variant "
+             f"-t localhost/cxr-bench:0.1.0-$variant {tmp_path} || exit 1;")
+    assert base in dry.stdout and baked in dry.stdout
+    assert dry.stdout.index(base) < dry.stdout.index(baked) < dry.stdout.index("done")
+    assert "Dockerfile.weights" not in _dry("images", "CONTAINER=docker").stdout
+
+
+def test_make_images_with_weights_that_are_not_a_folder_stops(tmp_path):
+    dry = _dry("images", f"WEIGHTS={tmp_path}/nope", "CONTAINER=docker")
+    assert dry.returncode == 2 and "docker build" not in dry.stdout
+    assert f"WEIGHTS={tmp_path}/nope is not a folder; make weights DIR={tmp_path}/nope downloads" in dry.stderr
+
+
+def test_make_weights_downloads_into_dir():
+    assert "-m cxr.training.weights --out /data/imagenet" in _dry("weights", "DIR=/data/imagenet").stdout
+    dry = _dry("weights")
+    assert dry.returncode == 2 and "cxr.training.weights" not in dry.stdout
+    assert "DIR must name the folder to download the ImageNet weights into" in dry.stderr
 
 
 def test_make_prints_the_real_cluster_commands():
@@ -87,7 +136,7 @@ def test_make_prints_the_real_cluster_commands():
     flat = " ".join(dry.replace("\\\n", " ").split())  # recipe lines joined, spaces collapsed
     for expected in [
         "k8s/kind/create-cluster.sh cxr k8s/kind/cluster.yaml.tmpl nvidia.com/gpu.present=true",
-        "helm upgrade -i nvidia-device-plugin nvdp/nvidia-device-plugin --version 0.17.1",
+        "helm upgrade -i nvidia-device-plugin nvdp/nvidia-device-plugin --version 0.20.0",
         "--namespace nvidia --create-namespace --reset-values --wait",  # GPU_SHARING=1: no time-slicing values
         'kubectl apply -k "github.com/kubeflow/pipelines/manifests/kustomize/cluster-scoped-resources?ref=2.17.0"',
         "kubectl wait --for condition=established --timeout=120s crd/applications.app.k8s.io",

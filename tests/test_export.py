@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 
 from cxr import files
@@ -16,16 +15,11 @@ from cxr.cli import main
 from cxr.errors import UserError
 
 
-@pytest.fixture(scope="module")
-def trained(processed_dataset, tmp_path_factory):
-    """MobileNet trained one epoch at 32 px, evaluated into the same folder."""
-    from cxr.results.evaluate import evaluate
-    from cxr.training.train import TrainSettings, train
-
-    folder = tmp_path_factory.mktemp("export") / "MobileNet"
-    train(processed_dataset, folder, TrainSettings("MobileNet", epochs=1, image_size=32, weights="none"))
-    evaluate(processed_dataset, folder, folder, samples=20)
-    return folder
+@pytest.fixture(scope="session")
+def trained(evaluated_mobilenet):
+    """MobileNet trained one epoch at 32 px, evaluated into the same folder: the session's, shared with
+    tests/test_predict.py (tests/conftest.py)."""
+    return evaluated_mobilenet
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +61,9 @@ def test_the_signature_takes_encoded_films_and_agrees_with_predict(trained, expo
     assert difference.max() < 0.02, difference.max()
     threshold = json.loads((trained / files.METRICS).read_text())["thresholds"]["validation"]
     decisions = [d.decode() for d in outputs["decision"].numpy()]
-    assert decisions == ["PNEUMONIA" if p >= threshold else "NORMAL" for p in probability]
+    # In float64, as predict and evaluate decide: the validation threshold may sit one float64 step above a
+    # probability ("no film reaches it"), which a float32 `probability >= threshold` rounds away.
+    assert decisions == ["PNEUMONIA" if float(p) >= threshold else "NORMAL" for p in probability]
 
 
 def test_the_graphs_preprocessing_sees_the_pixels_training_saw(trained, raw_dataset, tmp_path):
@@ -126,14 +122,27 @@ def test_best_candidate_is_chosen_on_validation(tmp_path):
     assert best_candidate(candidates) == (tmp_path / "c-model", tmp_path / "c")
 
 
-def test_the_kserve_manifest_serves_a_tensorflow_savedmodel():
-    """KServe's CRDs are not in kubernetes-validate's schemas: check the fields KServe's v1beta1 API needs."""
-    from pathlib import Path
+def test_export_refuses_an_out_inside_the_model_folder(trained, capsys):
+    before = sorted(p.name for p in trained.iterdir())
+    for out in (trained, trained / "serving"):
+        assert main(["export", "--model", str(trained), "--out", str(out)]) == 2
+        error = capsys.readouterr().err.strip()
+        assert error == (f"cxr export: error: --out {out} is inside --model {trained}, a folder another cxr command "
+                         "owns; export to a folder of its own")
+    assert sorted(p.name for p in trained.iterdir()) == before
 
-    manifest = yaml.safe_load(Path("k8s/serving/inferenceservice.yaml").read_text())
-    assert manifest["apiVersion"] == "serving.kserve.io/v1beta1" and manifest["kind"] == "InferenceService"
-    assert manifest["metadata"]["name"]
-    predictor = manifest["spec"]["predictor"]
-    assert predictor["model"]["modelFormat"]["name"] == "tensorflow"
-    assert predictor["model"]["storageUri"].startswith(("gs://", "s3://", "pvc://"))
-    assert set(predictor["model"]["resources"]) == {"requests", "limits"}
+
+def test_the_savedmodel_decides_in_float64(trained, exported, raw_dataset, tmp_path):
+    """A threshold one float64 step above a film's probability: NORMAL, as predict and evaluate decide; a float32
+    comparison would round the step away and answer PNEUMONIA."""
+    import tensorflow as tf
+
+    film = tf.constant([sorted(raw_dataset.glob("test/PNEUMONIA/*.jpeg"))[0].read_bytes()])
+    probability = float(tf.saved_model.load(str(exported / "1")).signatures["serving_default"](
+        image_bytes=film)["probability"].numpy()[0])
+    above = float(np.nextafter(probability, np.inf))
+    out = tmp_path / "above"
+    assert main(["export", "--model", str(trained), "--threshold", repr(above), "--out", str(out)]) == 0
+    outputs = tf.saved_model.load(str(out / "1")).signatures["serving_default"](image_bytes=film)
+    assert float(outputs["probability"].numpy()[0]) == probability
+    assert outputs["decision"].numpy().tolist() == [b"NORMAL"]

@@ -23,6 +23,9 @@ from cxr.outputs import RECORD, new_file
 from tests.conftest import TINY_IMAGE_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
+# The module's fixtures train three tiny models and explain two (about 3 minutes on 2 cores), inside the first
+# test that asks for each.
+pytestmark = pytest.mark.timeout(900)
 
 
 def cli(*argv) -> tuple[int, str]:

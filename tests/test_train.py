@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,8 +13,7 @@ import pytest
 from cxr.cli import main
 from cxr.errors import UserError
 from cxr.training.train import TrainSettings, class_weights, format_duration, train
-
-TINY = dict(backbone="mobilenet", image_size=32, weights="none", batch_size=16, learning_rate=1e-3, patience=3)
+from tests.conftest import TINY_TRAINING as TINY
 
 
 def test_class_weights_balance_the_classes():
@@ -27,19 +27,19 @@ def test_duration_reads_like_the_seed():
     assert format_duration(3610.6) == "1:00:11"
 
 
-def test_training_writes_model_history_and_metrics(processed_dataset, tmp_path):
-    metrics = train(processed_dataset, tmp_path / "run", TrainSettings(epochs=2, **TINY))
-    history = pd.read_csv(tmp_path / "run" / "history.csv")
+def test_training_writes_model_history_and_metrics(tiny_training):
+    run, metrics = tiny_training
+    history = pd.read_csv(run / "history.csv")
     assert list(history.columns) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
     assert list(history["epoch"]) == [1, 2] and (history["seconds"] > 0).all()
-    saved = json.loads((tmp_path / "run" / "train_metrics.json").read_text())
+    saved = json.loads((run / "train_metrics.json").read_text())
     assert saved == metrics
     assert metrics["backbone"] == "MobileNet" and metrics["epochs_run"] == 2 and metrics["device"] == "CPU"
     assert metrics["mixed_precision"] is False and metrics["xla"] is False  # auto: off without a GPU
     assert metrics["learning_time"] == format_duration(history["seconds"].sum())
     assert metrics["best"]["val_loss"] == history["val_loss"].min()
     assert metrics["settings"]["learning_rate"] == 1e-3
-    assert (tmp_path / "run" / "model.keras").stat().st_size > 0
+    assert (run / "model.keras").stat().st_size > 0
 
 
 def test_an_interrupted_training_resumes_from_its_last_epoch(processed_dataset, tmp_path, monkeypatch):
@@ -75,16 +75,18 @@ def test_an_interrupted_training_resumes_from_its_last_epoch(processed_dataset, 
     assert history["seconds"].iloc[:2].tolist() == [r["seconds"] for r in state["history"]]
 
 
-def test_a_checkpoint_of_other_settings_is_not_resumed(processed_dataset, tmp_path):
-    train(processed_dataset, tmp_path / "run", TrainSettings(epochs=1, **TINY))
+def test_a_checkpoint_of_other_settings_is_not_resumed(processed_dataset, tiny_training, tmp_path):
+    shutil.copytree(tiny_training[0], tmp_path / "run")
     (tmp_path / "run" / "train_metrics.json").unlink()
     with pytest.raises(UserError, match="other settings"):
-        train(processed_dataset, tmp_path / "run", TrainSettings(epochs=1, **{**TINY, "dense_units": 8}))
+        train(processed_dataset, tmp_path / "run", TrainSettings(epochs=2, **{**TINY, "dense_units": 8}))
 
 
-def test_a_finished_training_is_reused_not_repeated(processed_dataset, tmp_path):
-    first = train(processed_dataset, tmp_path / "run", TrainSettings(epochs=1, **TINY))
-    assert train(processed_dataset, tmp_path / "run", TrainSettings(epochs=1, **TINY)) == first
+def test_a_finished_training_is_reused_not_repeated(processed_dataset, tiny_training):
+    run, first = tiny_training
+    model = (run / "model.keras").stat().st_mtime_ns
+    assert train(processed_dataset, run, TrainSettings(epochs=2, **TINY)) == first
+    assert (run / "model.keras").stat().st_mtime_ns == model  # reused: nothing trained or saved again
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--epochs", "0"), ("--dropout", "1.5"), ("--lr", "-1"),
@@ -99,12 +101,15 @@ def test_bad_settings_fail_with_one_line_naming_them(processed_dataset, tmp_path
     assert not (tmp_path / "run").exists()
 
 
-def test_pipeline_checkpoints_are_per_run_backbone_and_seed_or_temporary(tmp_path):
-    from cxr.training.plan import pipeline_checkpoint
+def test_pipeline_checkpoints_are_per_run_backbone_regime_and_seed_or_temporary(tmp_path):
+    from cxr.training.plan import pipeline_checkpoint, pipeline_features
 
-    assert pipeline_checkpoint(str(tmp_path), "run-7", "resnet50", 3) == tmp_path / "run-7" / "resnet50-seed3"
-    temporary = pipeline_checkpoint("", "run-7", "VGG16", 42)
-    assert temporary.parts[-2:] == ("run-7", "vgg16-seed42") and not temporary.is_relative_to(tmp_path)
+    assert (pipeline_checkpoint(str(tmp_path), "run-7", "resnet50", "frozen", 3)
+            == tmp_path / "run-7" / "resnet50-frozen-seed3")
+    temporary = pipeline_checkpoint("", "run-7", "VGG16", "finetune", 42)
+    assert temporary.parts[-2:] == ("run-7", "vgg16-finetune-seed42") and not temporary.is_relative_to(tmp_path)
+    # Feature caches outlive a run: a later run on the same data reuses them.
+    assert pipeline_features(str(tmp_path)) == tmp_path / "features" and pipeline_features("") is None
 
 
 def test_dashboard_training_scalars_are_the_best_epoch_and_the_costs():
@@ -126,6 +131,7 @@ def _cli_args(data, **overrides) -> list[str]:
     return ["train", "--data", str(data), *[str(v) for pair in options.items() for v in pair]]
 
 
+@pytest.mark.timeout(600)  # two `cxr train` processes, five epochs in all
 def test_a_killed_training_resumes_into_a_new_output_folder_as_a_retried_task_does(processed_dataset, tmp_path):
     """kill -9 after the first finished epoch, then the same checkpoint with a fresh --out (a retried pod)."""
     args = _cli_args(processed_dataset, **{"--checkpoint": tmp_path / "ckpt"})
@@ -180,16 +186,15 @@ def test_absurd_sizes_are_refused_before_any_work(processed_dataset, tmp_path, c
     assert not (tmp_path / "run").exists()
 
 
-def test_two_trainings_into_one_folder_are_refused_not_raced(processed_dataset, tmp_path):
-    args = [CXR, *_cli_args(processed_dataset, **{"--epochs": "30", "--patience": "30"}),
-            "--out", str(tmp_path / "run")]
-    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def test_two_trainings_into_one_folder_are_refused_not_raced(processed_dataset, tmp_path, capsys):
+    args = [*_cli_args(processed_dataset, **{"--epochs": "30", "--patience": "30"}), "--out", str(tmp_path / "run")]
+    first = subprocess.Popen([CXR, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while not (tmp_path / "run" / ".cxr-output.json").is_file() and time.monotonic() < deadline:
             time.sleep(0.05)
-        second = subprocess.run(args, capture_output=True, text=True)
-        assert second.returncode == 2 and "being written by another cxr process" in second.stderr
+        # The second `cxr train` is this process (the lock is between processes): one TensorFlow start fewer.
+        assert main(args) == 2 and "being written by another cxr process" in capsys.readouterr().err
         assert first.poll() is None  # the first one goes on, untouched
     finally:
         first.kill()

@@ -91,3 +91,15 @@ def upload_folder(files: list[Path], folder: Path, path: GcsPath, last: str | No
         if progress:
             progress.advance(file.stat().st_size)
     return len(files)
+
+
+def download(path: GcsPath, name: str, target: Path) -> bool:
+    """Copy the blob `name` under the prefix to `target`; False when there is no such blob."""
+    from google.api_core.exceptions import NotFound
+
+    try:
+        client().bucket(path.bucket).blob(path.child(name)).download_to_filename(str(target))
+    except NotFound:
+        target.unlink(missing_ok=True)  # the client leaves an empty file behind
+        return False
+    return True

@@ -69,15 +69,23 @@ def evaluate(data_dir: Path, model_dir: Path, out: Path, batch_size: int = setti
 def _evaluate(data_dir: Path, model_dir: Path, trained: dict, out: Path, batch_size: int, samples: int,
               record: dict) -> dict:
     from cxr.serving.trained import load_model
-    from cxr.training.backbones import get_backbone
+    from cxr.training.features import saved_head_predictions
+    from cxr.training.plan import canonical_backbone
 
-    backbone = get_backbone(trained["backbone"])
-    # Rebuilt in float32 and loaded with the trained weights: a model trained in mixed precision on a GPU
-    # evaluates at full speed on a CPU, where float16 kernels are slow.
-    model = load_model(model_dir)
-    read = dict(data_dir=data_dir, image_size=trained["image_size"], batch_size=batch_size)
-    val, test = predict(model, split="val", **read), predict(model, split="test", **read)
-    metrics = json_safe({"backbone": backbone.name, "regime": trained["settings"]["regime"],
+    backbone = canonical_backbone(trained["backbone"])  # the registry's spelling, without loading Keras
+    # A frozen backbone's head already predicted every validation and test film from the feature cache: the
+    # same probabilities as the whole model's (tests/test_regimes.py), without a second pass of the backbone.
+    cached = saved_head_predictions(model_dir, data_dir, trained)
+    if cached is not None:
+        print(f"evaluate: the head's predictions on the cached features ({files.HEAD_PREDICTIONS})", file=sys.stderr)
+        val, test = cached
+    else:
+        # Rebuilt in float32 and loaded with the trained weights: a model trained in mixed precision on a GPU
+        # evaluates at full speed on a CPU, where float16 kernels are slow.
+        model = load_model(model_dir)
+        read = dict(data_dir=data_dir, image_size=trained["image_size"], batch_size=batch_size)
+        val, test = predict(model, split="val", **read), predict(model, split="test", **read)
+    metrics = json_safe({"backbone": backbone, "regime": trained["settings"]["regime"],
                          **summarize(test, val, samples), "provenance": record})
 
     out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +130,8 @@ def evaluate_or_record_failure(data_dir: Path, model_dir: Path, out: Path,
             except UserError:
                 trained = {}
             failure = Failure(trained.get("backbone", "unknown"), trained.get("settings", {}).get("seed", -1),
-                              "evaluate", f"{type(error).__name__}: {error}".splitlines()[0])
+                              "evaluate", f"{type(error).__name__}: {error}".splitlines()[0],
+                              trained.get("settings", {}).get("regime", settings.DEFAULT_REGIME))
     write_failure(out, failure)
     return failure
 

@@ -1,1 +1,2 @@
-"""Using a trained backbone: predictions on new films (`cxr predict`) and a SavedModel for TF Serving/KServe."""
+"""Using a trained backbone: predictions on new films (`cxr predict`), a model server (`cxr serve`) and a
+SavedModel (`cxr export`)."""

@@ -88,7 +88,10 @@ def serving_function(model, prep: Preprocessing, threshold: float):
         films = tf.map_fn(lambda data: film_in_graph(data, prep), image_bytes,
                           fn_output_signature=tf.TensorSpec([prep.image_size, prep.image_size, 1], tf.uint8))
         probability = tf.reshape(model(films, training=False), [-1])
-        decision = tf.where(probability >= threshold, settings.CLASS_NAMES[1], settings.CLASS_NAMES[0])
+        # float64, as cxr.serving.trained.decide: a float32 comparison rounds a threshold one float64 step above
+        # a probability down onto it.
+        positive = tf.cast(probability, tf.float64) >= tf.constant(threshold, tf.float64)
+        decision = tf.where(positive, settings.CLASS_NAMES[1], settings.CLASS_NAMES[0])
         return {"probability": probability, "decision": decision}
 
     return serve
@@ -99,6 +102,9 @@ def export(model_dir: Path, out: Path, result_dir: Path | None = None, threshold
     KServe storageUri, at `out`) and return out/1. `out` is an owned output folder (cxr.outputs): a rerun of the
     same export on a finished `out` reuses it, anything else in it is refused."""
     out, model_dir = Path(out), Path(model_dir)
+    _refuse_inside(out, model_dir, "--model")
+    if result_dir is not None:
+        _refuse_inside(out, Path(result_dir), "--result")
     threshold = find_threshold(model_dir, result_dir, threshold)
     read_preprocessing(model_dir)  # before the claim: a wrong --model leaves --out free for the right one
     with claim(out, "export", {"model": str(model_dir.resolve()), "threshold": threshold}) as output:
@@ -108,6 +114,15 @@ def export(model_dir: Path, out: Path, result_dir: Path | None = None, threshold
         target = _export(model_dir, out, threshold, provenance.export_record(model_dir, result_dir))
         output.finish()
     return target
+
+
+def _refuse_inside(out: Path, owned: Path, option: str) -> None:
+    """`out` may not be `owned` or a folder inside it: `cxr train` and `cxr evaluate` own their folders, and
+    a SavedModel written among their files would be taken for part of them (and copied with them)."""
+    out_path, owned_path = out.resolve(), owned.resolve()
+    if out_path == owned_path or owned_path in out_path.parents:
+        raise UserError(f"--out {out} is inside {option} {owned}, a folder another cxr command owns; export to a "
+                        "folder of its own")
 
 
 def _export(model_dir: Path, out: Path, threshold: float, record: dict) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr import artifacts, files, provenance
+from cxr import artifacts, files, provenance, settings
 from cxr.errors import UserError
 
 
@@ -89,12 +89,35 @@ def find_threshold(model_dir: Path, result_dir: Path | None = None, threshold: f
     return metrics["thresholds"]["validation"]
 
 
-def read_film(path: Path, prep: Preprocessing) -> np.ndarray:
-    """A JPEG or PNG file of any size and mode as the model's input, uint8 [size, size, 1], through the same
-    functions as `cxr preprocess` and the training reader. Raises UnreadableImage or OSError."""
+def decode_bytes(data: bytes, prep: Preprocessing) -> np.ndarray:
+    """An encoded JPEG or PNG of any size and mode as the model's input, uint8 [size, size, 1], through the same
+    functions as `cxr preprocess` and the training reader. Raises UnreadableImage."""
     from cxr.data.images import decode_resized
     from cxr.data.reader import decode_film
 
-    stored = decode_resized(Path(path).read_bytes(), prep.processed_size)
+    stored = decode_resized(data, prep.processed_size)
     return decode_film(stored, prep.image_size).numpy()
 
+
+def read_film(path: Path, prep: Preprocessing) -> np.ndarray:
+    """A film file as the model's input (decode_bytes). Raises UnreadableImage or OSError."""
+    return decode_bytes(Path(path).read_bytes(), prep)
+
+
+def decide(probabilities, threshold: float) -> list[str]:
+    """The class name of each probability at `threshold`: PNEUMONIA when P >= threshold, compared in float64.
+
+    The one decision rule of predict, the server and (in TensorFlow ops) the export, and the comparison `cxr
+    evaluate` counts with (float64 probabilities >= the float64 threshold). float64 matters: the validation
+    threshold may sit one float64 step above the highest validation probability ("no film reaches it"), a step a
+    float32 comparison rounds away, turning NORMAL into PNEUMONIA."""
+    positive = np.asarray(probabilities, dtype=np.float64) >= np.float64(threshold)
+    return [settings.CLASS_NAMES[int(p)] for p in np.atleast_1d(positive)]
+
+
+def probabilities_of(model, films: list[np.ndarray], batch_size: int) -> np.ndarray:
+    """P(pneumonia) of each film (the model's inputs), float64, in batches of `batch_size` as `cxr predict` and
+    the server run them."""
+    scores = [np.asarray(model.predict_on_batch(np.stack(films[start:start + batch_size]))).reshape(-1)
+              for start in range(0, len(films), batch_size)]
+    return np.concatenate(scores).astype(np.float64) if scores else np.zeros(0, np.float64)

@@ -1,7 +1,9 @@
-"""The five ImageNet backbones of the study; adding a sixth is one entry in BACKBONES."""
+"""The ImageNet backbones the study can train: the seed's five (2014-2017) and four of today's (EfficientNetV2,
+ConvNeXt, DenseNet121); adding another is one entry in BACKBONES and its name in settings.ALL_BACKBONES."""
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,24 +19,46 @@ from cxr.training.plan import canonical_backbone
 class Backbone:
     name: str
     build: Callable[..., keras.Model]  # keras.applications constructor
-    preprocess_input: Callable  # the family's own input scaling (caffe BGR means, or [-1, 1])
-    native_size: int  # the ImageNet training resolution (docs/decisions.md)
+    # The family's own input scaling of 0-255 RGB: caffe BGR means, [-1, 1], torch's ImageNet mean and std, or
+    # none for the families that scale inside the model.
+    preprocess_input: Callable
+    native_size: int  # the ImageNet training resolution (docs/backbones.md)
     min_size: int  # the smallest input the architecture accepts
+
+
+def inside_the_model(images):
+    """No scaling: EfficientNetV2 and ConvNeXt, built with include_preprocessing=True, take 0-255 RGB and rescale
+    and normalise in their own first layers (their keras preprocess_input is a pass-through too). Scaling here as
+    well would feed them values near 0."""
+    return images
+
+
+def _scaling_inside(constructor: Callable[..., keras.Model]) -> Callable[..., keras.Model]:
+    """`constructor` with its preprocessing layers pinned on, whatever Keras' default becomes."""
+    return functools.update_wrapper(functools.partial(constructor, include_preprocessing=True), constructor)
 
 
 _apps = keras.applications
 BACKBONES: dict[str, Backbone] = {b.name.lower(): b for b in (
+    # The seed's five.
     Backbone("MobileNet", _apps.MobileNet, _apps.mobilenet.preprocess_input, 224, 32),
     Backbone("InceptionV3", _apps.InceptionV3, _apps.inception_v3.preprocess_input, 299, 75),
     Backbone("Xception", _apps.Xception, _apps.xception.preprocess_input, 299, 71),
     Backbone("ResNet50", _apps.ResNet50, _apps.resnet50.preprocess_input, 224, 32),
     Backbone("VGG16", _apps.VGG16, _apps.vgg16.preprocess_input, 224, 32),
+    # Today's: EfficientNetV2 (Tan & Le 2021) B0 and S, ConvNeXt (Liu et al. 2022) Tiny, and DenseNet121, CheXNet's
+    # backbone (Rajpurkar et al. 2017). Sizes from keras.applications 3.15 (docs/backbones.md).
+    Backbone("EfficientNetV2B0", _scaling_inside(_apps.EfficientNetV2B0), inside_the_model, 224, 32),
+    Backbone("EfficientNetV2S", _scaling_inside(_apps.EfficientNetV2S), inside_the_model, 384, 32),
+    Backbone("ConvNeXtTiny", _scaling_inside(_apps.ConvNeXtTiny), inside_the_model, 224, 32),
+    Backbone("DenseNet121", _apps.DenseNet121, _apps.densenet.preprocess_input, 224, 32),
 )}
 
 
 @keras.saving.register_keras_serializable(package="cxr")
 class BackbonePreprocessing(keras.layers.Layer):
-    """uint8 grayscale films -> the backbone's input: float32, three channels, the family's own scaling.
+    """uint8 grayscale films -> the backbone's input: float32, three channels, the family's own scaling (none for
+    the families that scale inside the model: then the three channels stay 0-255).
 
     Inside the model it runs on the accelerator, so the host ships 1 byte per pixel instead of 12 (three float32
     channels), and a saved model.keras takes raw pixels.

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import keras
 
 from cxr import settings
 from cxr.errors import UserError
 from cxr.training.backbones import Backbone, BackbonePreprocessing
+from cxr.training.weights import resolve as resolve_weights
+
+# The seed's head, by layer name, in order: what the frozen regime trains on cached features.
+HEAD_LAYERS = ("flatten", "dense", "dropout", "pneumonia")
 
 
-def _backbone_weights(weights: str) -> tuple[str | None, Path | None]:
-    """(what keras.applications loads, a file to load after building)."""
-    if weights.lower() == "imagenet":
-        return "imagenet", None
-    if weights.lower() == "none":
-        return None, None
-    path = Path(weights)
-    if not path.is_file():
-        raise UserError(f"--weights {weights}: not 'imagenet', 'none', or an existing weights file")
-    return None, path
+def backbone_of(model: keras.Model) -> keras.Model:
+    """The keras.applications backbone inside a classifier build_model made: its one nested Model."""
+    (backbone,) = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return backbone
 
 
 def _build_backbone(backbone: Backbone, keras_weights: str | None, image_size: int) -> keras.Model:
@@ -41,14 +37,16 @@ def _build_backbone(backbone: Backbone, keras_weights: str | None, image_size: i
 
 def build_model(backbone: Backbone, image_size: int, *, dense_units: int = settings.DENSE_UNITS,
                 dropout: float = settings.DROPOUT, weights: str = settings.WEIGHTS,
-                freeze_backbone: bool = settings.FREEZE_BACKBONE) -> keras.Model:
+                train_backbone: bool = True) -> keras.Model:
     """The classifier on `backbone` for uint8 grayscale films of `image_size` (shape [size, size, 1]),
     outputting P(pneumonia) in float32.
 
-    `weights`: "imagenet", "none", or a path to a backbone .weights.h5 file (clusters without internet).
+    `weights`: "imagenet", "none", a backbone weights file, or a folder or gs:// prefix of the ImageNet files
+    (cxr.training.weights; clusters without internet).
+    `train_backbone` False: the backbone is frozen, in inference mode (BatchNormalization included) for good.
     Under a mixed_float16 policy the last layer stays float32, so the sigmoid and the loss keep their precision.
     """
-    keras_weights, weights_file = _backbone_weights(weights)
+    keras_weights, weights_file = resolve_weights(weights, backbone.name, image_size)
     base = _build_backbone(backbone, keras_weights, image_size)
     if weights_file is not None:
         try:
@@ -62,7 +60,7 @@ def build_model(backbone: Backbone, image_size: int, *, dense_units: int = setti
         for layer in base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = settings.FROM_SCRATCH_BN_MOMENTUM
-    base.trainable = not freeze_backbone
+    base.trainable = train_backbone
     films = keras.Input((image_size, image_size, 1), dtype="uint8", name="film")
     # float32 whatever the policy: ImageNet mean subtraction loses precision in float16.
     images = BackbonePreprocessing(backbone.name, dtype="float32", name="preprocess")(films)

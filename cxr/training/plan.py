@@ -14,12 +14,12 @@ from cxr.errors import UserError
 
 
 def canonical_backbone(name: str) -> str:
-    """The backbone called `name`, in any letter case, as settings.BACKBONES spells it (the registry in
+    """The backbone called `name`, in any letter case, as settings.ALL_BACKBONES spells it (the registry in
     cxr.training.backbones has the same names)."""
-    for known in settings.BACKBONES:
+    for known in settings.ALL_BACKBONES:
         if known.lower() == name.lower():
             return known
-    raise UserError(f"unknown backbone {name!r}; valid: {', '.join(settings.BACKBONES)}")
+    raise UserError(f"unknown backbone {name!r}; valid: {', '.join(settings.ALL_BACKBONES)}")
 
 
 # Where an option appears besides the CLI: "pipeline" options are pipeline parameters passed to every train task;
@@ -46,15 +46,17 @@ def flag(name: str) -> str:
 class TrainSettings:
     """Every option of one training. A new option is one field here plus the code that uses it."""
 
-    backbone: str = option(MISSING, f"one of {', '.join(settings.BACKBONES)}, in any letter case", scope=PER_RUN)
+    backbone: str = option(MISSING, f"one of {', '.join(settings.ALL_BACKBONES)}, in any letter case", scope=PER_RUN)
     epochs: int = option(settings.EPOCHS, "epochs at most (early stopping may end sooner)")
     batch_size: int = option(settings.BATCH_SIZE, "films per training step")
     learning_rate: float = option(settings.LEARNING_RATE, "Adam's learning rate", flag="--lr")
     dense_units: int = option(settings.DENSE_UNITS, "units of the head's hidden Dense layer")
     dropout: float = option(settings.DROPOUT, "dropout before the output layer")
     image_size: int = option(settings.IMAGE_SIZE, "input size in pixels; 0 = the backbone's native size")
-    weights: str = option(settings.WEIGHTS, "imagenet, none, or a .weights.h5 file")
-    freeze_backbone: bool = option(settings.FREEZE_BACKBONE, "train the head only", scope=CLI_ONLY)
+    weights: str = option(settings.WEIGHTS,
+                          "imagenet, none, a weights file, or a folder or gs:// prefix of the ImageNet files")
+    regime: str = option(settings.DEFAULT_REGIME, "finetune: the whole network; frozen: the backbone fixed, the head "
+                         "trained on its cached features", scope=PER_RUN)
     patience: int = option(settings.PATIENCE, "early-stopping epochs without a better validation loss")
     seed: int = option(settings.SEED, "the training seed (initialisation, shuffling, dropout)", scope=PER_RUN)
     mixed_precision: bool | None = option(None, "mixed precision (auto: on with a GPU)", scope=CLI_ONLY)
@@ -82,6 +84,8 @@ class TrainSettings:
             raise UserError(f"{flag('learning_rate')} must be a positive number, got {self.learning_rate}")
         if not 0 <= self.dropout < 1:
             raise UserError(f"{flag('dropout')} must be in [0, 1), got {self.dropout}")
+        if self.regime not in settings.REGIMES:
+            raise UserError(f"{flag('regime')} must be one of {', '.join(settings.REGIMES)}, got {self.regime!r}")
         if not 0 <= self.image_size <= settings.MAX_IMAGE_SIZE:
             raise UserError(f"{flag('image_size')} must be 0 (native) or a size in pixels up to "
                             f"{settings.MAX_IMAGE_SIZE}, got {self.image_size}")
@@ -101,14 +105,21 @@ def check_weights(weights: str) -> None:
         raise UserError(f"--weights {weights}: no such file; expected imagenet, none, or a backbone weights file")
 
 
-def plan_runs(names: list[str], seeds: list[int]) -> list[dict]:
-    """One training per backbone and seed, {"backbone": canonical name, "seed": int}, checked before any work:
-    an unknown name, a backbone listed twice (in any letter case: both would share one checkpoint) or a repeated
-    seed is refused with one line."""
+def plan_runs(names: list[str], seeds: list[int], regimes: list[str] = settings.PIPELINE_REGIMES) -> list[dict]:
+    """One training per backbone, regime and seed, {"backbone": canonical name, "regime": str, "seed": int},
+    checked before any work: an unknown name or regime, a backbone listed twice (in any letter case: both would
+    share one checkpoint), a repeated regime or seed is refused with one line."""
     if not names:
         raise UserError("backbones: the list is empty")
     if not seeds:
         raise UserError("seeds: the list is empty")
+    if not regimes:
+        raise UserError("regimes: the list is empty")
+    for regime in regimes:
+        if regime not in settings.REGIMES:
+            raise UserError(f"regimes: unknown regime {regime!r}; valid: {', '.join(settings.REGIMES)}")
+        if regimes.count(regime) > 1:
+            raise UserError(f"regimes: {regime} is listed more than once in {list(regimes)}")
     canonical = [canonical_backbone(str(name)) for name in names]
     for name in canonical:
         if canonical.count(name) > 1:
@@ -120,15 +131,23 @@ def plan_runs(names: list[str], seeds: list[int]) -> list[dict]:
     seeds = [int(seed) for seed in seeds]
     if len(set(seeds)) != len(seeds):
         raise UserError(f"seeds: a seed is repeated in {seeds}")
-    return [{"backbone": name, "seed": seed} for name in canonical for seed in seeds]
+    return [{"backbone": name, "regime": regime, "seed": seed}
+            for name in canonical for regime in regimes for seed in seeds]
 
 
-def pipeline_checkpoint(root: str, run_id: str, backbone: str, seed: int) -> Path:
-    """Where a pipeline's train task keeps its checkpoint: per run, backbone and seed under `root` (a volume that
-    outlives the pod, so a retried task finds it), or in a fresh temporary folder when `root` is empty, which
+def pipeline_checkpoint(root: str, run_id: str, backbone: str, regime: str, seed: int) -> Path:
+    """Where a pipeline's train task keeps its checkpoint: per run, backbone, regime and seed under `root` (a volume
+    that outlives the pod, so a retried task finds it), or in a fresh temporary folder when `root` is empty, which
     keeps checkpoints out of the uploaded model artifact."""
     base = Path(root) if root else Path(tempfile.mkdtemp(prefix="checkpoint-"))
-    return base / run_id / f"{canonical_backbone(backbone).lower()}-seed{seed}"
+    return base / run_id / f"{canonical_backbone(backbone).lower()}-{regime}-seed{seed}"
+
+
+def pipeline_features(root: str) -> Path | None:
+    """Where a pipeline's frozen trainings keep their feature caches: at the top of the checkpoint volume, shared by
+    every seed, retry and later run on the same data (a cache is keyed by backbone, size, weights and dataset);
+    None without a volume: then beside the task's temporary checkpoint folder."""
+    return Path(root) / settings.FEATURES_DIR if root else None
 
 
 def dashboard_scalars(metrics: dict) -> dict[str, float]:

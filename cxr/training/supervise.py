@@ -60,24 +60,25 @@ def _run_child(request: dict) -> tuple[int, str]:
 
 
 def train_supervised(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path, device: str,
-                     attempts: int) -> Outcome:
+                     attempts: int, features: Path | None = None) -> Outcome:
     """Train in a child process, starting it again after a crash (resuming), `attempts` starts at most. A training
-    that fails for good leaves failure.json in `out` (cxr.failures), where the evaluate step passes it on."""
-    outcome = _supervise(data_dir, out, options, checkpoint, device, attempts)
+    that fails for good leaves failure.json in `out` (cxr.failures), where the evaluate step passes it on.
+    `features`: the frozen regime's feature cache root (train's default when None)."""
+    outcome = _supervise(data_dir, out, options, checkpoint, device, attempts, features)
     if outcome.failure:
-        write_failure(out, Failure(options.backbone, options.seed, "train", outcome.failure))
+        write_failure(out, Failure(options.backbone, options.seed, "train", outcome.failure, options.regime))
     return outcome
 
 
 def _supervise(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path, device: str,
-               attempts: int) -> Outcome:
+               attempts: int, features: Path | None) -> Outcome:
     if attempts < 1:
         raise UserError(f"training attempts must be at least 1, got {attempts}")
     counter = attempts_file(Path(checkpoint))
     counter.parent.mkdir(parents=True, exist_ok=True)
     record = json.loads(counter.read_text()) if counter.is_file() else {"started": 0, "last_failure": None}
     request = {"data_dir": str(data_dir), "out": str(out), "checkpoint": str(checkpoint), "device": device,
-               "options": dataclasses.asdict(options)}
+               "features": str(features) if features else None, "options": dataclasses.asdict(options)}
     while record["started"] < attempts:
         record["started"] += 1
         counter.write_text(json.dumps(record))
@@ -102,7 +103,8 @@ def _child(request_json: str) -> int:
     request = json.loads(request_json)
     try:
         train(Path(request["data_dir"]), Path(request["out"]), TrainSettings(**request["options"]),
-              checkpoint=Path(request["checkpoint"]), device=request["device"])
+              checkpoint=Path(request["checkpoint"]), device=request["device"],
+              features=Path(request["features"]) if request.get("features") else None)
     except UserError as error:
         print(f"cxr train: error: {error}", file=sys.stderr)
         return 2

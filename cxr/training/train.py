@@ -25,6 +25,7 @@ from cxr.errors import UserError
 from cxr.outputs import claim
 from cxr.serving.trained import write_preprocessing
 from cxr.training.backbones import get_backbone, input_size
+from cxr.training.features import FeatureCache, FeatureKey, dataset_fingerprint, open_cache, weights_id
 from cxr.training.model import build_model
 from cxr.training.plan import TrainSettings
 
@@ -126,14 +127,15 @@ class ResumableTraining(keras.callbacks.Callback):
 
 
 def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | None = None,
-          device: str = "auto") -> dict:
+          device: str = "auto", features: Path | None = None) -> dict:
     """Train `options.backbone` on data_dir's train split, validating on val; write model.keras, history.csv
     and train_metrics.json into `out` and return the metrics.
 
     Checkpoints go to `checkpoint` (default out/checkpoint); a rerun with the same checkpoint resumes from there,
     into the same `out` or a new one (what a retried pipeline task does: a new pod, a new output path, the same
     checkpoint volume). A rerun on a finished `out` reuses it. `device`: auto, gpu (refuse to start without
-    one) or cpu (cxr.devices).
+    one) or cpu (cxr.devices). The frozen regime keeps its features in `features` (default: a `features` folder
+    beside the checkpoint folder), where other seeds and reruns find them.
     """
     data_dir, out = Path(data_dir), Path(out)
     options.validate()
@@ -142,6 +144,8 @@ def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | 
     backbone = get_backbone(options.backbone)
     options = dataclasses.replace(options, backbone=backbone.name)
     size = input_size(backbone, options.image_size)
+    if options.regime == "frozen":
+        weights_id(options.weights)  # a missing weights file is refused before any folder is made
     print(f"train: {limit_gpu_memory()}", file=sys.stderr)  # before the backend touches a GPU
     device_used = select_device(device)  # before any file is written: a pod without its GPU stops here
     data = provenance.data_record(data_dir)  # before the claim: a wrong --data leaves --out free for the right one
@@ -152,45 +156,119 @@ def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | 
             return json.loads((out / files.TRAIN_METRICS).read_text())
         counts = split_counts(data_dir)
         checkpoint = Path(checkpoint) if checkpoint else out / files.CHECKPOINT_DIR
+        features = Path(features) if features else checkpoint.parent / settings.FEATURES_DIR
         with claim(checkpoint, "train", wanted, option="--checkpoint"):
-            model, metrics = _fit(data_dir, checkpoint, options, backbone.name, size, counts, device_used)
+            run = Run(data_dir, checkpoint, options, size, counts, device_used, features)
+            model, metrics, predictions = _fit(run)
         metrics["provenance"] = {"data": data}  # what later steps check this training against
         model.save(out / files.MODEL)
         write_preprocessing(out, data_dir, size)  # what `cxr predict` and `cxr export` must repeat on new films
+        if predictions is not None:
+            predictions.to_csv(out / files.HEAD_PREDICTIONS, index=False)
         pd.DataFrame(metrics.pop("history"), columns=HISTORY_COLUMNS).to_csv(out / files.HISTORY, index=False)
         _atomic_write(out / files.TRAIN_METRICS, json.dumps(metrics, indent=2))
         output.finish()
     return metrics
 
 
-def _fit(data_dir: Path, checkpoint: Path, options: TrainSettings, name: str, size: int,
-         counts: dict[str, dict[str, int]], device_used: str) -> tuple[keras.Model, dict]:
-    """Train (or resume) in `checkpoint` on `device_used` ("CPU" or a GPU's name); return the model at its best
-    epoch and the metrics with the history."""
-    on_gpu = device_used != "CPU"
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training's inputs, as train() resolved them."""
+
+    data_dir: Path
+    checkpoint: Path
+    options: TrainSettings
+    size: int  # the input size used
+    counts: dict[str, dict[str, int]]  # films per split and class
+    device: str  # "CPU" or a GPU's name
+    features: Path  # the frozen regime's feature cache root
+
+
+@dataclasses.dataclass
+class Data:
+    """What the model that learns is fed, and what the frozen regime adds."""
+
+    trainee: keras.Model  # the whole classifier (finetune) or its head alone (frozen)
+    train: object  # a tf.data.Dataset or a keras.utils.PyDataset
+    val: object
+    cache: FeatureCache | None = None
+
+
+def _finetune_data(run: Run) -> Data:
+    options = run.options
+    model = build_model(get_backbone(options.backbone), run.size, dense_units=options.dense_units,
+                        dropout=options.dropout, weights=options.weights)
+    read = dict(data_dir=run.data_dir, image_size=run.size, batch_size=options.batch_size)
+    return Data(model, read_split(split="train", shuffle=True, seed=options.seed, **read),
+                read_split(split="val", **read))
+
+
+def _frozen_data(run: Run, xla: bool) -> tuple[keras.Model, Data]:
+    """The classifier with a frozen backbone, and its head fed from the feature cache (built when missing)."""
+    from cxr.training import frozen
+
+    options = run.options
+    key = FeatureKey(options.backbone, run.size, weights_id(options.weights),
+                     keras.mixed_precision.global_policy().compute_dtype, dataset_fingerprint(run.data_dir))
+
+    def build(weights: str) -> keras.Model:
+        return build_model(get_backbone(options.backbone), run.size, dense_units=options.dense_units,
+                           dropout=options.dropout, weights=weights, train_backbone=False)
+
+    built: list[keras.Model] = []
+
+    def extract(folder: Path) -> None:
+        built.append(build(options.weights))
+        batch = settings.FEATURE_BATCH_SIZE_GPU if run.device != "CPU" else options.batch_size
+        frozen.extract_features(built[0], run.data_dir, run.size, batch, folder, jit_compile=xla)
+
+    cache = open_cache(run.features, key, extract)
+    if built:
+        model = built[0]
+    else:  # the cache holds the backbone: nothing to download, and the features are exactly its
+        model = build("none")
+        frozen.load_backbone(model, cache)
+    head = frozen.head_model(model, cache.features("train"))
+    train_films, val_films = cache.films("train"), cache.films("val")
+    data = Data(head, frozen.FeatureBatches(cache.features("train"), train_films["label"].to_numpy(),
+                                            options.batch_size, seed=options.seed),
+                frozen.FeatureBatches(cache.features("val"), val_films["label"].to_numpy(), options.batch_size),
+                cache)
+    return model, data
+
+
+def _fit(run: Run) -> tuple[keras.Model, dict, pd.DataFrame | None]:
+    """Train (or resume) in the checkpoint folder; return the model at its best epoch, the metrics with the
+    history, and (frozen regime) the head's validation and test predictions."""
+    options, name = run.options, run.options.backbone
+    on_gpu = run.device != "CPU"
     mixed = on_gpu if options.mixed_precision is None else options.mixed_precision
     # JAX compiles every step with XLA; Keras' uncompiled JAX path is a debugging mode, many times slower.
     xla = backend() == "jax" or (on_gpu if options.xla is None else options.xla)
     keras.mixed_precision.set_global_policy(mixed_precision_policy() if mixed else "float32")
     keras.utils.set_random_seed(options.seed)
 
-    model = build_model(get_backbone(name), size, dense_units=options.dense_units, dropout=options.dropout,
-                        weights=options.weights, freeze_backbone=options.freeze_backbone)
-    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss="binary_crossentropy",
-                  metrics=[keras.metrics.BinaryAccuracy(name="accuracy")], jit_compile=xla)
-    train_images = sum(counts["train"].values())
-    tracker = ResumableTraining(checkpoint, options.patience, options.epochs, train_images)
-    tracker.restore(model)
+    if options.regime == "frozen":
+        model, data = _frozen_data(run, xla)
+    else:
+        data = _finetune_data(run)
+        model = data.trainee
+    trainee = data.trainee
+    trainee.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss="binary_crossentropy",
+                    metrics=[keras.metrics.BinaryAccuracy(name="accuracy")], jit_compile=xla)
+    train_images = sum(run.counts["train"].values())
+    tracker = ResumableTraining(run.checkpoint, options.patience, options.epochs, train_images)
+    tracker.restore(trainee)
     if tracker.state["epochs_done"]:
         print(f"train: resuming {name} after epoch {tracker.state['epochs_done']}", file=sys.stderr)
+    if data.cache is not None and not data.cache.reused:
+        # Kept with the checkpoint: a training resumed after its extraction still reports what that cost.
+        tracker.state["feature_seconds"] = data.cache.seconds
 
     if not tracker.finished:
-        read = dict(data_dir=data_dir, image_size=size, batch_size=options.batch_size)
-        model.fit(read_split(split="train", shuffle=True, seed=options.seed, **read),
-                  validation_data=read_split(split="val", **read),
-                  epochs=options.epochs, initial_epoch=tracker.state["epochs_done"],
-                  class_weight=class_weights(counts["train"]), callbacks=[tracker], shuffle=False,
-                  verbose=1 if sys.stdout.isatty() else 2)
+        trainee.fit(data.train, validation_data=data.val, epochs=options.epochs,
+                    initial_epoch=tracker.state["epochs_done"], class_weight=class_weights(run.counts["train"]),
+                    callbacks=[tracker], shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
 
     state = tracker.state
     if state["diverged_epoch"] is not None:
@@ -200,16 +278,22 @@ def _fit(data_dir: Path, checkpoint: Path, options: TrainSettings, name: str, si
                             f"before any epoch finished; lower --lr (now {options.learning_rate:g})")
         print(f"train: {name} diverged in epoch {state['diverged_epoch']}; keeping its best epoch, "
               f"{state['best_epoch']}", file=sys.stderr)
-    model.load_weights(checkpoint / "best.weights.h5")
+    trainee.load_weights(run.checkpoint / "best.weights.h5")  # frozen: the head's layers are the model's
+    predictions = None
+    if data.cache is not None:
+        from cxr.training.frozen import head_predictions
+
+        predictions = head_predictions(trainee, data.cache, options.batch_size)
     history = pd.DataFrame(state["history"], columns=HISTORY_COLUMNS)
     best = history[history["epoch"] == state["best_epoch"]].iloc[0]
     last = history.iloc[-1]
     seconds = float(history["seconds"].sum())
     return model, {
         "backbone": name,
-        "image_size": size,
+        "regime": options.regime,
+        "image_size": run.size,
         "train_images": train_images,
-        "val_images": sum(counts["val"].values()),
+        "val_images": sum(run.counts["val"].values()),
         "final": {k: float(last[k]) for k in HISTORY_COLUMNS[1:5]},
         "best": {k: float(best[k]) for k in HISTORY_COLUMNS[1:5]},
         "best_epoch": int(state["best_epoch"]),
@@ -218,11 +302,16 @@ def _fit(data_dir: Path, checkpoint: Path, options: TrainSettings, name: str, si
         "diverged_epoch": state["diverged_epoch"],
         "learning_time_seconds": seconds,
         "learning_time": format_duration(seconds),
+        # The frozen regime's one pass of the backbone over every film; 0 when the cache was reused. The report
+        # adds it to the learning time.
+        "feature_seconds": float(state.get("feature_seconds", 0.0)),
+        "features": ({"folder": str(data.cache.folder), "reused": data.cache.reused,
+                      "key": dataclasses.asdict(data.cache.key)} if data.cache is not None else None),
         "images_per_second": train_images * len(history) / seconds if seconds else 0.0,
-        "device": device_used,
+        "device": run.device,
         "backend": backend(),
         "mixed_precision": mixed,
         "xla": xla,
         "settings": dataclasses.asdict(options),
         "history": state["history"],
-    }
+    }, predictions

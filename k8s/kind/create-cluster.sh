@@ -10,7 +10,7 @@
 # - pkg/nvkind/node.go, ConfigureContainerRuntime: `nvidia-ctk runtime configure --runtime=containerd
 #   --config-source=file` and `systemctl restart containerd`: no `--set-as-default` since commit 089defd
 #   (2025-02-06), which replaced it by the RuntimeClass `nvidia` (pkg/nvkind/cluster.go, RegisterNvidiaRuntimeClass).
-#   The device plugin chart 0.17.1 sets no runtimeClassName, so it cannot load NVML and crash-loops, and KFP 2.17
+#   The device plugin chart (0.17.1 to 0.20.0) sets no runtimeClassName, so it cannot load NVML and crash-loops, and KFP 2.17
 #   cannot set runtimeClassName on task pods. So we add the flag nvkind dropped, with nvkind's own config source.
 # - A kind `containerdConfigPatches` entry setting the default runtime is not safe: nvkind installs the toolkit
 #   only after the node runs, so containerd would start with a default runtime that does not exist yet.

@@ -1,0 +1,61 @@
+"""Today's backbones (EfficientNetV2B0, EfficientNetV2S, ConvNeXtTiny, DenseNet121) through every step a user
+runs: train, evaluate, explain, predict and export, one test per backbone so each is built only a few times."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxr import files, settings
+
+SIZE = 64  # a 2 x 2 Grad-CAM grid for these /32 networks; 32 px would leave one cell
+TODAYS = [name for name in settings.ALL_BACKBONES if name not in settings.BACKBONES]
+LAYER = {"EfficientNetV2B0": "top_activation", "EfficientNetV2S": "top_activation", "DenseNet121": "relu",
+         "ConvNeXtTiny": "layer_normalization"}
+
+
+def test_the_four_are_todays():
+    assert TODAYS == ["EfficientNetV2B0", "EfficientNetV2S", "ConvNeXtTiny", "DenseNet121"]
+
+
+@pytest.mark.parametrize("name", TODAYS)
+def test_trains_evaluates_explains_predicts_and_exports(name, processed_dataset, raw_dataset, tmp_path):
+    import tensorflow as tf
+
+    from cxr.results.evaluate import evaluate
+    from cxr.results.explain import explain
+    from cxr.serving.export import export
+    from cxr.serving.predict import predict_files
+    from cxr.training.train import TrainSettings, train
+
+    model_dir = tmp_path / name
+    trained = train(processed_dataset, model_dir, TrainSettings(name, epochs=1, image_size=SIZE, weights="none",
+                                                                batch_size=16, learning_rate=1e-3))
+    assert trained["backbone"] == name and trained["image_size"] == SIZE and trained["epochs_run"] == 1
+    assert np.isfinite(trained["best"]["val_loss"])
+
+    metrics = evaluate(processed_dataset, model_dir, model_dir, samples=20)
+    evaluated = pd.read_csv(model_dir / files.PREDICTIONS)
+    assert metrics["backbone"] == name and metrics["test_images"] == len(evaluated) > 0
+    assert 0 <= metrics["roc_auc"]["value"] <= 1 and evaluated["probability"].between(0, 1).all()
+
+    summary = explain(processed_dataset, model_dir, None, tmp_path / "explain", films=4)
+    assert summary["backbone"] == name and summary["layer"].startswith(LAYER[name]) and summary["grid"] == [2, 2]
+    heatmaps = np.load(tmp_path / "explain" / files.gradcam_heatmaps(name))
+    assert heatmaps.shape[1:] == (SIZE, SIZE) and np.isfinite(heatmaps).all()
+    assert ((heatmaps >= 0) & (heatmaps <= 1)).all()
+
+    films = [raw_dataset / source for source in evaluated["source"].iloc[:4]]
+    predicted = predict_files(model_dir, films)
+    np.testing.assert_allclose(predicted["probability"], evaluated["probability"].iloc[:4], atol=1e-4, rtol=0)
+
+    version = export(model_dir, tmp_path / "serving")
+    serve = tf.saved_model.load(str(version)).signatures["serving_default"]
+    served = serve(image_bytes=tf.constant([film.read_bytes() for film in films]))["probability"].numpy()
+    # The graph repeats PIL's decode and resize to within a grey level (cxr.serving.export): close, not equal.
+    assert np.abs(served - predicted["probability"].to_numpy()).max() < 0.02
+    threshold = json.loads((model_dir / files.METRICS).read_text())["thresholds"]["validation"]
+    assert 0 <= threshold <= 1
