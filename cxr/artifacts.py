@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -20,7 +21,7 @@ import pandas as pd
 from cxr import files, settings
 from cxr.errors import UserError
 from cxr.failures import STAGES, Failure
-from cxr.outputs import read_json
+from cxr.outputs import read_json, unfinished
 
 # What identifies a film and what a model said of it: predictions.csv and val_predictions.csv (cxr evaluate).
 PREDICTION_COLUMNS = ("patient_id", "source", "label", "probability")
@@ -257,6 +258,24 @@ def _regime(record: Mapping, path: Path, key: str) -> str:
     return _string(record, path, key, settings.REGIMES) if _has(record, key) else settings.DEFAULT_REGIME
 
 
+def _data(record: Mapping, path: Path, key: str) -> None:
+    """A dataset record (cxr.provenance) at `key` where present: its fingerprint and stored size; null allowed (a
+    training from before the records)."""
+    if not _has(record, key) or _value(record, path, key) is None:
+        return
+    _string(record, path, f"{key}.fingerprint")
+    _number(record, path, f"{key}.stored_size", 1, settings.MAX_IMAGE_SIZE, integer=True)
+
+
+def _model(record: Mapping, path: Path, key: str) -> None:
+    """A training record (cxr.provenance) at `key`: its id, backbone and seed, which the checks and messages use."""
+    _string(record, path, f"{key}.training_id")
+    _string(record, path, f"{key}.backbone")
+    _string(record, path, f"{key}.regime", settings.REGIMES)
+    _number(record, path, f"{key}.seed", integer=True)
+    _string(record, path, f"{key}.folder")
+
+
 def _interval(record: Mapping, path: Path, key: str) -> None:
     """[low, high], each end a finite number or null (no resample defined the statistic)."""
     interval = _value(record, path, key)
@@ -291,6 +310,10 @@ def read_metrics(path: Path) -> dict:
                 isinstance(row, list) and len(row) == 2 and all(
                     isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in row) for row in matrix)):
             _fail(path, f"{at}.confusion_matrix is {matrix!r}; expected [[TN, FP], [FN, TP]] of counts")
+    if _has(metrics, "provenance.model"):  # what was evaluated, on what (cxr.provenance); absent in older files
+        _model(metrics, path, "provenance.model")
+    _data(metrics, path, "provenance.trained_on")
+    _data(metrics, path, "provenance.data")
     return metrics
 
 
@@ -316,6 +339,7 @@ def read_train_metrics(path: Path) -> dict:
     _number(trained, path, "settings.dense_units", 1, integer=True)
     _number(trained, path, "settings.dropout", 0, 1)
     options["regime"] = _regime(trained, path, "settings.regime")
+    _data(trained, path, "provenance.data")  # the data it was trained on (cxr.provenance); absent in older files
     return trained
 
 
@@ -339,6 +363,11 @@ def read_stats(path: Path) -> dict:
         for name in settings.CLASS_NAMES:
             _number(stats, path, f"counts.{split}.{name}", 0, integer=True)
     _number(stats, path, "settings.image_size", 1, settings.MAX_IMAGE_SIZE, integer=True)
+    if stats.get("dataset") is not None:  # the fingerprint and origin (cxr.provenance); absent in older files
+        _data(stats, path, "dataset")
+        if stats["dataset"]["stored_size"] != stats["settings"]["image_size"]:
+            _fail(path, f"dataset.stored_size {stats['dataset']['stored_size']} is not settings.image_size "
+                        f"{stats['settings']['image_size']}")
     return stats
 
 
@@ -374,4 +403,61 @@ def read_explain_summary(path: Path) -> dict:
         for key in ("hit_rate", "random_rate"):
             _number(summary, path, f"pointing_game.{key}", 0, 1, nullable=True)
         _number(summary, path, "pointing_game.films", 0, integer=True)
+    if "provenance" in summary:  # the training explained and the data (cxr.provenance); absent in older files
+        _model(summary, path, "provenance.model")
+        _value(summary, path, "provenance.data")
+        _data(summary, path, "provenance.data")
     return summary
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The --out folder of one finished `cxr explain`: its summary, its films' table, heatmaps and films."""
+    folder: Path
+    summary: dict
+    films: pd.DataFrame
+    heatmaps: np.ndarray  # [films, size, size] in [0, 1]
+    pixels: np.ndarray  # [films, size, size] uint8
+
+    @property
+    def backbone(self) -> str:
+        return self.summary["backbone"]
+
+
+def _array(path: Path, made_by: str) -> np.ndarray:
+    if not path.is_file():
+        raise UserError(f"missing {path} (written by {made_by})")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        _fail(path, f"is not a readable .npy array ({type(error).__name__}); write it again with {made_by}")
+
+
+def read_explanation(folder: Path, option: str = "--explanations") -> Explanation:
+    """The folder of a finished `cxr explain`, every file checked: explain.json, <Backbone>_gradcam.csv and the
+    two arrays, one heatmap and one film per row of the table, all at the model's input size."""
+    folder = Path(folder)
+    made_by = "`cxr explain`"
+    if not folder.is_dir():
+        raise UserError(f"{option} {folder}: no such folder (the --out folder of `cxr explain`)")
+    if unfinished(folder, "explain"):
+        raise UserError(f"{option} {folder}: the `cxr explain` that wrote it did not finish; run it again")
+    if not (folder / files.EXPLAIN_SUMMARY).is_file():
+        raise UserError(f"{option} {folder}: holds no {files.EXPLAIN_SUMMARY}; not the --out folder of a "
+                        "finished `cxr explain`")
+    summary = read_explain_summary(folder / files.EXPLAIN_SUMMARY)
+    backbone = summary["backbone"]
+    table = read_gradcam_films(folder / files.gradcam_films(backbone))
+    heatmaps = _array(folder / files.gradcam_heatmaps(backbone), made_by)
+    pixels = _array(folder / files.explained_films(backbone), made_by)
+    for path, array in ((folder / files.gradcam_heatmaps(backbone), heatmaps),
+                        (folder / files.explained_films(backbone), pixels)):
+        if array.ndim != 3 or len(array) != len(table) or array.shape[1] != array.shape[2]:
+            _fail(path, f"has shape {list(array.shape)}; expected [{len(table)} films, size, size], one per row of "
+                        f"{files.gradcam_films(backbone)}")
+    if heatmaps.shape != pixels.shape:
+        _fail(folder / files.gradcam_heatmaps(backbone), f"has shape {list(heatmaps.shape)}, its films "
+                                                          f"{list(pixels.shape)}")
+    if not np.all(np.isfinite(heatmaps)) or heatmaps.min() < 0 or heatmaps.max() > 1:
+        _fail(folder / files.gradcam_heatmaps(backbone), "holds values outside [0, 1]")
+    return Explanation(folder, summary, table, heatmaps, pixels)

@@ -26,6 +26,9 @@ VAL_PREDICTIONS = "val_predictions.csv"  # validation films: the ensemble's thre
 ROC = "roc.csv"
 # synth
 LESIONS = "lesions.csv"  # the box of every opacity drawn, beside the chest_xray/ splits
+# Beside the splits too: says the films are drawn, not radiographs; ingest carries it into its folder and records it
+# in ingest.json, preprocess in stats.json's "dataset", and the model card says so.
+SYNTHETIC_MARKER = "cxr-synthetic.json"
 # explain
 EXPLAIN_SUMMARY = "explain.json"
 GRADCAM_COMPARISON = "gradcam_comparison.png"

@@ -4,7 +4,8 @@ over a file it did not write, with one writer at a time, and a rerun on its own 
 Each folder a command writes holds two hidden files: `.cxr-output.json` (which commands wrote here, with what
 settings, and whether they finished) and `.cxr-lock` (an exclusive lock for as long as a command writes: a second
 process is refused at once instead of racing the first). The lock dies with its process, so a killed task's
-retry is never locked out.
+retry is never locked out. A command that fails before writing anything leaves no record of its settings, so the
+corrected command is not refused; a single file (`new_file`) appears under its name only once it is complete.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from cxr.errors import UserError
 
@@ -92,6 +95,35 @@ def _lock(folder: Path, option: str):
     return handle
 
 
+def _written(folder: Path) -> frozenset[str]:
+    """Every file under `folder` but cxr's own: what a command has written there (a folder holding nothing else,
+    such as a nested claim's, counts as nothing)."""
+    found = set()
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            if name not in OWN_FILES and name != RECORD + ".tmp":
+                found.add((Path(parent) / name).relative_to(folder).as_posix())
+    return frozenset(found)
+
+
+def _forget(folder: Path, command: str) -> None:
+    """Drop `command`'s record: it wrote nothing, so a rerun with other settings is a first run. The record
+    file stays (perhaps empty), so the folder is still known as cxr's."""
+    records = _read_records(folder)
+    records.pop(command, None)
+    _write_records(folder, records)
+
+
+def unfinished(folder: Path, command: str) -> bool:
+    """Whether the folder's record says `command` started there and did not finish (False without a record: a
+    copy of the folder may have lost its hidden files, and then its own files are all there is to check)."""
+    folder = Path(folder)
+    if not (folder / RECORD).is_file():
+        return False
+    record = _read_records(folder).get(command)
+    return isinstance(record, dict) and not record.get("finished")
+
+
 @contextmanager
 def claim(folder: Path, command: str, settings: dict | None = None, option: str = "--out") -> Iterator[Claim]:
     """Hold `folder` for `command` while the block runs.
@@ -99,6 +131,8 @@ def claim(folder: Path, command: str, settings: dict | None = None, option: str 
     Refused, with one line naming the folder: a file or an unwritable place; a folder another process is writing;
     a non-empty folder that cxr did not write; a folder where `command` ran before with other `settings`.
     Another cxr command's files may share the folder (evaluate writes beside train's model), never be replaced.
+    When the block raises before writing any file, the record of this first run is dropped again: a bad input
+    found late (a download that fails, a damaged model) does not tie the folder to the bad settings.
     """
     folder = Path(folder)
     make_folder(folder, option)
@@ -114,13 +148,61 @@ def claim(folder: Path, command: str, settings: dict | None = None, option: str 
                              if wanted.get(k) != previous["settings"].get(k))
             raise UserError(f"{option} {folder} holds a `cxr {command}` with other settings "
                             f"({', '.join(changed)}); choose a new folder")
-        finished = bool(previous and previous["finished"])
+        done = bool(previous and previous["finished"])
+        before = _written(folder)
         if previous is None:
             records[command] = {"settings": wanted, "finished": False}
             _write_records(folder, records)
-        yield Claim(folder, command, finished, frozenset(records) - {command})
+        try:
+            yield Claim(folder, command, done, frozenset(records) - {command})
+        except BaseException:
+            if previous is None and _written(folder) == before:
+                _forget(folder, command)
+            raise
     finally:
         handle.close()
+
+
+@contextmanager
+def new_file(path: Path, option: str = "--out", encoding: str = "utf-8") -> Iterator[IO[str]]:
+    """A text file that appears at `path` only once the block has written all of it: it is written under a
+    temporary name beside `path`, then linked to `path`, which fails if `path` exists (never over a file, and no
+    window between the check and the write). An error or a crash in the block leaves no `path`, so a rerun is
+    not blocked by a half-written file."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        raise UserError(f"{option} {path} exists already; choose another {option}")
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
+    try:  # mode 0o666 less the umask, as for any file the user creates (mkstemp's would be 0o600)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as error:  # a missing or read-only folder, a path through a file
+        raise UserError(f"{option} {path}: cannot write it ({error.strerror or error})") from None
+    try:
+        with open(descriptor, "w", encoding=encoding, newline="") as handle:
+            yield handle
+        _link_new(temporary, path, option)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write `path` in a command's own folder so that it is either the old file or the whole new one, never a
+    part: a crash mid-write cannot leave a truncated file for a reader (or a rerun) to trip on."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _link_new(temporary: Path, path: Path, option: str) -> None:
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        raise UserError(f"{option} {path} exists already; choose another {option}") from None
+    except OSError:  # a file system without hard links: rename, after a last check
+        if path.exists():
+            raise UserError(f"{option} {path} exists already; choose another {option}") from None
+        os.rename(temporary, path)
 
 
 

@@ -18,7 +18,10 @@ import pandas as pd
 from kfp import local
 
 from cxr import settings
-from cxr.data.synth import synthesize
+from cxr.data.synth import plan_splits, synthesize
+from cxr.errors import UserError
+from cxr.outputs import make_folder
+from cxr.training.plan import TrainSettings, plan_runs
 from pipelines.chest_xray_benchmark import chest_xray_benchmark
 
 # CPU-sized settings, measured on a 2-core machine (README, "make demo"): small films, from-scratch weights
@@ -48,6 +51,22 @@ DEMO = {
 }
 
 
+def check(args: argparse.Namespace) -> Path:
+    """Every setting checked before the first step (synth takes seconds, the pipeline minutes): the output folder,
+    the backbones, the film count and the sizes, each refused in one line. Returns the output folder."""
+    out = args.out.resolve()
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty; remove it or pass --out NEW_FOLDER")
+    runs = plan_runs([name.strip() for name in args.backbones.split(",") if name.strip()], settings.SEEDS)
+    plan_splits(args.per_class)
+    for run in runs:
+        TrainSettings(run["backbone"], epochs=args.epochs, batch_size=DEMO["batch_size"],
+                      learning_rate=DEMO["learning_rate"], image_size=args.image_size,
+                      weights=DEMO["weights"]).validate()
+    make_folder(out, "--out")  # last: a file, or a place that cannot be created, is one line too
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="a new folder for everything")
@@ -58,11 +77,15 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=DEMO["epochs"])
     parser.add_argument("--image-size", type=int, default=DEMO["image_size"])
     args = parser.parse_args()
-    out = args.out.resolve()
-    if out.exists() and any(out.iterdir()):
-        print(f"demo: error: {out} is not empty; remove it or pass --out NEW_FOLDER", file=sys.stderr)
+    try:
+        return run(args, check(args))
+    except UserError as error:
+        print(f"demo: error: {error}", file=sys.stderr)
         return 2
 
+
+def run(args: argparse.Namespace, out: Path) -> int:
+    """synth, then the pipeline through the local runner, then the leaderboard."""
     started = time.monotonic()
     print(f"demo: writing a synthetic dataset to {out / 'synthetic'}", flush=True)
     synthesize(out / "synthetic", per_class=args.per_class, seed=settings.SEED,

@@ -148,7 +148,8 @@ def test_model_card_gives_data_use_metrics_threshold_and_limits(evaluated_result
                    key=lambda row: -row["roc_auc"])
     game = {"backbone": "VGG16", "layer": "block5_conv3", "grid": [2, 2],
             "pointing_game": {"hit_rate": 0.41, "random_rate": 0.07, "films": 17}}
-    card = model_card_html(stats, board, metrics, [game], chosen="VGG16", synthetic=True, manifest=manifest)
+    assert stats["dataset"]["synthetic"]  # cxr synth's marker, carried by ingest and preprocess
+    card = model_card_html(stats, board, metrics, [game], chosen="VGG16", manifest=manifest)
     assert card.startswith("<h2>Model card: VGG16</h2>")
     test_counts = stats["counts"]["test"]
     test_patients = manifest.loc[manifest["split"] == "test", "patient_id"].nunique()
@@ -159,7 +160,8 @@ def test_model_card_gives_data_use_metrics_threshold_and_limits(evaluated_result
     assert f"({low:.3f}&ndash;{high:.3f})" in card
     assert "Not for" in card and "Diagnosing" in card and "synthetic films" in card
     assert "VGG16 0.41 against 0.07 for a random point (17 films)" in card
-    real = model_card_html(stats, board, metrics, [], synthetic=False)
+    kaggle = {**stats, "dataset": {**stats["dataset"], "synthetic": False, "source": "kaggle"}}
+    real = model_card_html(kaggle, board, metrics, [])
     assert f"Model card: {board[0]['backbone']}" in real and "Single site" in real and "No Grad-CAM" in real
 
 

@@ -173,8 +173,8 @@ def local_runner(tmp_path_factory):
 def test_ingest_component(local_runner, synthetic_archive):
     task = ingest_dataset(source=str(synthetic_archive), cache="")
     raw = task.outputs["raw"]
-    assert sorted(p.name for p in Path(raw.path).iterdir()) == [".cxr-lock", ".cxr-output.json", "ingest.json",
-                                                               "test", "train", "val"]
+    assert sorted(p.name for p in Path(raw.path).iterdir()) == [".cxr-lock", ".cxr-output.json", "cxr-synthetic.json",
+                                                               "ingest.json", "test", "train", "val"]
     assert raw.metadata["images"] == sum(1 for _ in Path(synthetic_archive).rglob("*.jpeg"))
     assert raw.metadata["duplicates_dropped"] == 0
 

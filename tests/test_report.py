@@ -128,6 +128,8 @@ def test_the_ensemble_is_the_hand_averaged_pair_evaluated_as_a_backbone(tmp_path
     ensemble = json.loads(written["ensemble_metrics.json"].read_text())
     assert ensemble["members"] == ["ResNet50 · finetune", "VGG16 · finetune"]
     assert ensemble["thresholds"] == pytest.approx(expected["thresholds"])  # chosen on the averaged validation
+    made_from = ensemble.pop("provenance")  # what the ensemble was made from: its members' trainings
+    assert [(m["backbone"], m["seed"]) for m in made_from["members"]] == [("ResNet50", 42), ("VGG16", 42)]
     assert flat(ensemble) == pytest.approx(flat(json_safe({"backbone": "Ensemble", "members": ensemble["members"],
                                                            **expected})), nan_ok=True)
     table = pd.read_csv(written["leaderboard.csv"]).set_index("backbone")

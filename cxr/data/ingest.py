@@ -47,6 +47,8 @@ class IngestReport:
     outside_layout: list[str] = field(default_factory=list)
     # Files left out and why: links out of the source tree (never followed), members that cannot be read.
     skipped: list[dict[str, str]] = field(default_factory=list)
+    # The marker `cxr synth` writes beside its splits (its settings), carried into the folder: the films are drawn.
+    synthetic: dict | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2)
@@ -143,7 +145,9 @@ def normalise(source_files: Iterable[SourceFile], out: Path, source: str,
     for file in source_files:
         if file.path == MARKER:
             continue  # a cached ingest's own marker
-        if is_macos_debris(file.path):
+        if PurePosixPath(file.path).name == files.SYNTHETIC_MARKER:
+            report.synthetic = _synthetic_marker(file, out)
+        elif is_macos_debris(file.path):
             report.macos_debris += 1
         elif layout_place(file.path) is None:
             report.outside_layout.append(file.path)
@@ -182,6 +186,33 @@ def normalise(source_files: Iterable[SourceFile], out: Path, source: str,
     return report
 
 
+def _synthetic_marker(file: SourceFile, out: Path) -> dict:
+    """The synth marker's settings, copied to out/ (so a cached copy of the folder still says it): a damaged one
+    still marks the films as drawn."""
+    data = file.read()
+    (out / files.SYNTHETIC_MARKER).write_bytes(data)
+    try:
+        recorded = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        recorded = None
+    return recorded if isinstance(recorded, dict) else {"made_by": "cxr synth"}
+
+
+def check_source(source: str) -> None:
+    """Refuse, before any folder is claimed, a local source that is neither a folder nor a .zip archive (kaggle
+    and gs:// are checked when they are read: that needs the network)."""
+    if source == "kaggle" or gcs.is_gcs_uri(source):
+        return
+    path = Path(source)
+    if path.is_dir():
+        return
+    if path.is_file() and zipfile.is_zipfile(path):
+        return
+    if path.exists():
+        raise UserError(f"--source {source}: not a folder or a .zip archive")
+    raise UserError(f"--source {source}: no such file or folder (use kaggle, a folder, a .zip or gs://...)")
+
+
 def _files_of(source: str, stack: list, skipped: list[dict[str, str]]) -> list[SourceFile]:
     if source == "kaggle":
         return folder_files(download_kaggle(), skipped)
@@ -206,6 +237,10 @@ def ingest(source: str, out: Path, cache: str | None = None) -> IngestReport:
     """Bring the dataset from `source` into `out`, through the gs:// `cache` when one is given. A rerun with the
     same source on a finished `out` reuses it."""
     out = Path(out)
+    if cache:  # a cached dataset is read without its source, which need not exist then
+        gcs.parse_gcs_uri(cache)
+    else:
+        check_source(source)
     with claim(out, "ingest", {"source": source, "cache": cache}) as output:
         if output.finished and (out / MARKER).is_file():
             print(f"ingest: {out} already holds a complete ingest; reusing it", file=sys.stderr)

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr import files, settings
+from cxr import files, provenance, settings
 from cxr.data.images import UnreadableImage, decode_resized
 from cxr.data.patients import identify
 from cxr.data.progress import Progress
 from cxr.data.split import patient_split, patients_in_several_splits
 from cxr.errors import UserError
-from cxr.outputs import claim, read_json
+from cxr.outputs import claim, read_json, write_atomically
 
 
 @dataclass(frozen=True)
@@ -150,6 +150,8 @@ def _preprocess(raw: Path, out: Path, options: Settings, workers: int | None) ->
     kept[columns].to_csv(out / files.MANIFEST, index=False)
     stats = {
         "settings": options.__dict__,
+        # What every later artifact names this data by (cxr.provenance): its fingerprint, size and origin.
+        "dataset": provenance.dataset_record(out, raw, options.image_size),
         "counts": {split: {name: int(((kept["split"] == split) & (kept["class_name"] == name)).sum())
                            for name in settings.CLASS_NAMES} for split in settings.SPLITS},
         "images": int(len(kept)),
@@ -157,5 +159,5 @@ def _preprocess(raw: Path, out: Path, options: Settings, workers: int | None) ->
         "patients_in_several_splits": patients_in_several_splits(kept),
         "unparsed_patient_names": int((~kept["parsed_name"]).sum()),
     }
-    (out / files.STATS).write_text(json.dumps(stats, indent=2))
+    write_atomically(out / files.STATS, json.dumps(stats, indent=2))
     return stats

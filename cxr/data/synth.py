@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,9 +145,10 @@ def _patient_groups(rng: np.random.Generator, images: int) -> list[int]:
 
 def synthesize(out: Path, per_class: int = 100, seed: int = 42, min_size: int = 1000,
                max_size: int = 2500) -> dict[str, dict[str, int]]:
-    """Write OUT/chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/ and OUT/chest_xray/lesions.csv (one row per
-    opacity: the film's path relative to chest_xray/, its width and height, the box in its pixels), and return
-    the counts written.
+    """Write OUT/chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/, OUT/chest_xray/lesions.csv (one row per
+    opacity: the film's path relative to chest_xray/, its width and height, the box in its pixels) and
+    OUT/chest_xray/cxr-synthetic.json (the marker that says these films are drawn), and return the counts
+    written.
 
     Image heights are drawn uniformly from [min_size, max_size] (the real films are about 1000-2500 px).
     Refuses to write into an existing chest_xray folder: nothing a user owns is overwritten.
@@ -192,4 +194,7 @@ def synthesize(out: Path, per_class: int = 100, seed: int = 42, min_size: int = 
             counts[plan.split][class_name] = total
     with (root / files.LESIONS).open("w", newline="") as handle:
         csv.writer(handle).writerows([LESION_COLUMNS, *lesions])
+    (root / files.SYNTHETIC_MARKER).write_text(json.dumps({
+        "made_by": "cxr synth", "seed": seed, "per_class": per_class, "min_size": min_size, "max_size": max_size,
+        "counts": counts}, indent=2))
     return counts

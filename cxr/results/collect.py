@@ -2,7 +2,9 @@
 (one backbone in one regime over its seeds), plus the ensemble of all of them.
 
 A result folder is what `cxr evaluate` wrote for one backbone, regime and seed, or a folder holding only
-failure.json for one that did not finish.
+failure.json for one that did not finish. A folder holding both failure.json and a complete evaluation (a rerun
+that succeeded after a failure, or a failure recorded later beside a finished result) is reported as the result it
+holds, and the report says so: the finished evaluation is the newer fact, and dropping it silently would lose it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pandas as pd
 from cxr import artifacts, files, settings
 from cxr.errors import UserError
 from cxr.failures import Failure
+from cxr.outputs import unfinished
 from cxr.results import compare
 from cxr.results.metrics import json_safe, summarize
 
@@ -67,15 +70,42 @@ class Contender:
         return self.test.mean(axis=0)
 
 
+RESULT_FILES = (files.TRAIN_METRICS, files.HISTORY, files.METRICS, files.PREDICTIONS, files.VAL_PREDICTIONS)
+
+
+def holds_evaluation(folder: Path) -> bool:
+    """Whether `folder` holds every file of an evaluation and no record says it is unfinished."""
+    folder = Path(folder)
+    return all((folder / name).is_file() for name in RESULT_FILES) and not unfinished(folder, "evaluate")
+
+
 def failures(result_dirs: Sequence[Path]) -> list[Failure]:
-    """The backbones/seeds among `result_dirs` that did not finish, for a caller to log or act on."""
-    return [failure for folder in result_dirs if (failure := artifacts.read_failure(folder)) is not None]
+    """The backbones/seeds among `result_dirs` that did not finish, for a caller to log or act on (a folder
+    that holds a complete evaluation beside its failure.json finished)."""
+    return [failure for folder in result_dirs
+            if (failure := artifacts.read_failure(folder)) is not None and not holds_evaluation(folder)]
+
+
+def gather(result_dirs: Sequence[Path]) -> tuple[list[Result], list[Failure], list[str]]:
+    """The results among `result_dirs` (by backbone, regime, seed), the failures, and a note for every folder
+    that holds both a failure record and a complete evaluation (its result is used)."""
+    results, missing, notes = [], [], []
+    for folder in map(Path, result_dirs):
+        failure = artifacts.read_failure(folder)
+        if failure is not None and not holds_evaluation(folder):
+            missing.append(failure)
+            continue
+        results.append(load_result(folder))
+        if failure is not None:
+            notes.append(f"{folder} holds {files.FAILURE} ({failure.line()}) beside a complete evaluation: the "
+                         "evaluation is reported")
+    return sorted(results, key=lambda r: (r.backbone, r.regime, r.seed)), missing, notes
 
 
 def load_result(folder: Path) -> Result:
     """One evaluated backbone, regime and seed, from the folder `cxr evaluate` wrote; every file checked."""
     folder = Path(folder)
-    for name in (files.TRAIN_METRICS, files.HISTORY, files.METRICS, files.PREDICTIONS, files.VAL_PREDICTIONS):
+    for name in RESULT_FILES:
         if not (folder / name).is_file():
             raise UserError(f"missing {folder / name}: not a result folder of `cxr evaluate` (nor a failure; a "
                             "result from before val_predictions.csv existed needs `cxr evaluate` again)")

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr import artifacts, files, settings
+from cxr import artifacts, files, provenance, settings
 from cxr.errors import UserError
 from cxr.failures import Failure, write_failure
-from cxr.outputs import claim
+from cxr.outputs import claim, write_atomically
 from cxr.results.metrics import json_safe, roc_curve, summarize
 
 
@@ -51,6 +51,9 @@ def evaluate(data_dir: Path, model_dir: Path, out: Path, batch_size: int = setti
         if not (model_dir / name).is_file():
             raise UserError(f"missing {model_dir / name} (run `cxr train` first)")
     trained = artifacts.read_train_metrics(model_dir / files.TRAIN_METRICS)
+    # Before the claim, so that a wrong --data leaves --out free for the right one.
+    provenance.check_stored_size(model_dir, data_dir)
+    record = provenance.evaluation_record(model_dir, data_dir)
     with claim(out, "evaluate", {"model": str(model_dir.resolve())}) as output:
         if output.finished and (out / files.METRICS).is_file():
             print(f"evaluate: {out} already holds this evaluation; reusing it", file=sys.stderr)
@@ -58,12 +61,13 @@ def evaluate(data_dir: Path, model_dir: Path, out: Path, batch_size: int = setti
         if "train" in output.others and out.resolve() != model_dir.resolve():
             raise UserError(f"--out {out} holds another training; evaluate into its own folder or into the "
                             "training's folder")
-        metrics = _evaluate(data_dir, model_dir, trained, out, batch_size, samples)
+        metrics = _evaluate(data_dir, model_dir, trained, out, batch_size, samples, record)
         output.finish()
     return metrics
 
 
-def _evaluate(data_dir: Path, model_dir: Path, trained: dict, out: Path, batch_size: int, samples: int) -> dict:
+def _evaluate(data_dir: Path, model_dir: Path, trained: dict, out: Path, batch_size: int, samples: int,
+              record: dict) -> dict:
     from cxr.serving.trained import load_model
     from cxr.training.features import saved_head_predictions
     from cxr.training.plan import canonical_backbone
@@ -82,7 +86,7 @@ def _evaluate(data_dir: Path, model_dir: Path, trained: dict, out: Path, batch_s
         read = dict(data_dir=data_dir, image_size=trained["image_size"], batch_size=batch_size)
         val, test = predict(model, split="val", **read), predict(model, split="test", **read)
     metrics = json_safe({"backbone": backbone, "regime": trained["settings"]["regime"],
-                         **summarize(test, val, samples)})
+                         **summarize(test, val, samples), "provenance": record})
 
     out.mkdir(parents=True, exist_ok=True)
     test.to_csv(out / files.PREDICTIONS, index=False)
@@ -91,7 +95,7 @@ def _evaluate(data_dir: Path, model_dir: Path, trained: dict, out: Path, batch_s
     for name in (files.TRAIN_METRICS, files.HISTORY):
         if model_dir.resolve() != out.resolve():
             shutil.copyfile(model_dir / name, out / name)
-    (out / files.METRICS).write_text(json.dumps(metrics, indent=2, allow_nan=False))
+    write_atomically(out / files.METRICS, json.dumps(metrics, indent=2, allow_nan=False))  # last: the result is whole
     return metrics
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr import artifacts, files, settings
+from cxr import artifacts, files, provenance, settings
 from cxr.errors import UserError
-from cxr.outputs import claim
+from cxr.outputs import claim, write_atomically
 from cxr.results import plots, render
 
 OUTCOMES = ("TP", "FN", "FP", "TN")  # the panel's order: hits and misses on pneumonia first
@@ -185,44 +185,59 @@ def explain(data_dir: Path, model_dir: Path, result_dir: Path | None, out: Path,
     sharing a folder), and of `films` films shared by every backbone; with `lesions`, the pointing game on every
     test film that has boxes. Writes <Backbone>_gradcam.png, .npy (heatmaps [n, size, size]), .csv (their
     films, in the .npy's order), <Backbone>_films.npy (the films) and explain.json into `out`; returns the summary.
-    A rerun with the same inputs on a finished `out` reuses it."""
-    model_dir, out = Path(model_dir), Path(out)
+    Every input is checked before `out` is claimed, so a corrected rerun into the same `out` is not refused. A
+    rerun with the same inputs on a finished `out` reuses it."""
+    data_dir, model_dir, out = Path(data_dir), Path(model_dir), Path(out)
     result_dir = Path(result_dir) if result_dir is not None else model_dir
     if films < 1:
         raise UserError(f"--films must be at least 1, got {films}")
     inputs = {"model": str(model_dir.resolve()), "result": str(result_dir.resolve()), "films": films,
               "lesions": str(Path(lesions).resolve()) if lesions is not None else None}
+    checked = _checked_inputs(data_dir, model_dir, result_dir, lesions)
     with claim(out, "explain", inputs) as output:
         if output.finished and (out / files.EXPLAIN_SUMMARY).is_file():
             print(f"explain: {out} already holds this explanation; reusing it", file=sys.stderr)
             return artifacts.read_explain_summary(out / files.EXPLAIN_SUMMARY)
-        summary = _explain(Path(data_dir), model_dir, result_dir, out, films, lesions, batch_size)
+        summary = _explain(data_dir, model_dir, result_dir, out, films, lesions, batch_size, **checked)
         output.finish()
     return summary
 
 
-def _explain(data_dir: Path, model_dir: Path, result_dir: Path, out: Path, films: int, lesions: Path | None,
-             batch_size: int) -> dict:
-    from cxr.data.reader import read_split
-    from cxr.serving.trained import backbone_name, find_threshold, load_model
+def _checked_inputs(data_dir: Path, model_dir: Path, result_dir: Path, lesions: Path | None) -> dict:
+    """Everything explain reads but the films, checked: the result's predictions and threshold (of this model's
+    evaluation), the data (the one the result was evaluated on, at the model's stored size), the lesions."""
+    from cxr.serving.trained import find_threshold
 
     if not (result_dir / files.PREDICTIONS).is_file():
         raise UserError(f"missing {result_dir / files.PREDICTIONS}: pass --result (the --out folder of "
                         "`cxr evaluate`)")
     # Any test split will do: the panel takes what each outcome has.
     predictions = artifacts.read_predictions(result_dir / files.PREDICTIONS, both_classes=False)
-    threshold = find_threshold(model_dir, result_dir)
+    threshold = find_threshold(model_dir, result_dir)  # refuses another model's evaluation
+    provenance.check_stored_size(model_dir, data_dir)
+    provenance.check_same_data(data_dir, provenance.evaluated_data(result_dir),
+                               f"--result {result_dir} was evaluated on")
+    table = artifacts.read_lesions(lesions) if lesions is not None else None
+    if table is not None and not set(table["file"]) & set(predictions["source"]):
+        raise UserError(f"--lesions {lesions}: no box for any test film of {result_dir / files.PREDICTIONS} "
+                        "(its `file` column must match the predictions' `source`)")
+    return {"predictions": predictions, "threshold": threshold, "lesion_table": table}
+
+
+def _explain(data_dir: Path, model_dir: Path, result_dir: Path, out: Path, films: int, lesions: Path | None,
+             batch_size: int, predictions: pd.DataFrame, threshold: float,
+             lesion_table: pd.DataFrame | None) -> dict:
+    from cxr.data.reader import read_split
+    from cxr.serving.trained import backbone_name, load_model
+
     backbone = backbone_name(model_dir)
     model = load_model(model_dir)
     size = int(model.input_shape[1])
-    boxes = square_boxes(artifacts.read_lesions(lesions), size) if lesions is not None else {}
+    boxes = square_boxes(lesion_table, size) if lesion_table is not None else {}
 
     panel = choose_films(predictions, threshold, films)
     shared = shared_films(predictions, films)
     wanted = set(panel["source"]) | set(shared) | (set(boxes) & set(predictions["source"]))
-    if boxes and not set(boxes) & set(predictions["source"]):
-        raise UserError(f"--lesions {lesions}: no box for any test film of {result_dir / files.PREDICTIONS} "
-                        "(its `file` column must match the predictions' `source`)")
     grad_cam = GradCam(model)
     found: dict[str, tuple[np.ndarray, float, np.ndarray]] = {}  # source -> (film, P, map at block resolution)
     for batch in read_split(data_dir, "test", size, batch_size, with_metadata=True):
@@ -260,7 +275,8 @@ def _explain(data_dir: Path, model_dir: Path, result_dir: Path, out: Path, films
     summary = {"backbone": backbone, "layer": grad_cam.layer.name, "grid": list(maps.shape[1:]),
                "image_size": size, "threshold": threshold,
                "films": table.loc[in_panel, ["source", "outcome", "probability"]].to_dict("records"),
-               "shared_films": shared}
+               "shared_films": shared,
+               "provenance": provenance.explanation_record(model_dir, result_dir, data_dir)}
     if boxes:
         annotated = [s for s in boxes if s in found]
         annotated_maps = np.stack([found[s][2] for s in annotated])
@@ -269,19 +285,15 @@ def _explain(data_dir: Path, model_dir: Path, result_dir: Path, out: Path, films
             **pointing_game(annotated_points, [boxes[s] for s in annotated], size),
             "empty_heatmaps": int((annotated_maps.max(axis=(1, 2)) == 0).sum()),
             "lesions": str(lesions)}
-    (out / files.EXPLAIN_SUMMARY).write_text(json.dumps(summary, indent=2))
+    write_atomically(out / files.EXPLAIN_SUMMARY, json.dumps(summary, indent=2))
     return summary
 
 
 def compare_backbones(explain_dirs: Sequence[Path], out: Path) -> Path | None:
     """One figure: the films every backbone explained in common (the shared films), one row each, with each
     backbone's heatmap side by side. Returns its path, or None when the folders share no film."""
-    runs = []
-    for folder in map(Path, explain_dirs):
-        backbone = artifacts.read_explain_summary(folder / files.EXPLAIN_SUMMARY)["backbone"]
-        table = artifacts.read_gradcam_films(folder / files.gradcam_films(backbone))
-        runs.append((backbone, table.set_index("source"), np.load(folder / files.gradcam_heatmaps(backbone)),
-                     np.load(folder / files.explained_films(backbone))))
+    explained = [artifacts.read_explanation(folder) for folder in explain_dirs]
+    runs = [(e.backbone, e.films.set_index("source"), e.heatmaps, e.pixels) for e in explained]
     common = [s for s in runs[0][1].index[runs[0][1]["shared"]] if all(s in t.index for _, t, _, _ in runs)]
     if not common:
         return None
@@ -303,7 +315,7 @@ def explanations_html(explain_dirs: Sequence[Path], out: Path) -> str:
     """The report's section on where each backbone looks: the pointing game per backbone (when lesions were
     known), the shared films side by side (written to out/gradcam_comparison.png) and each backbone's panel,
     images embedded so that the page stands alone (the KFP UI shows one file)."""
-    summaries = [artifacts.read_explain_summary(Path(d) / files.EXPLAIN_SUMMARY) for d in explain_dirs]
+    summaries = [artifacts.read_explanation(d).summary for d in explain_dirs]
     Path(out).mkdir(parents=True, exist_ok=True)
     comparison = compare_backbones(explain_dirs, Path(out) / files.GRADCAM_COMPARISON)
     panels = [Path(d) / files.gradcam_panel(s["backbone"]) for d, s in zip(explain_dirs, summaries, strict=True)]

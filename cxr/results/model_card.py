@@ -29,15 +29,31 @@ def _splits(stats: Mapping, manifest: pd.DataFrame | None, test_patients: int | 
     return rows
 
 
+def data_origin(stats: Mapping) -> tuple[str, str | None]:
+    """What the data is, from stats.json's "dataset" record (cxr.provenance): ("synthetic", source) for films
+    `cxr synth` drew, ("kaggle", the dataset's handle) for the Kaggle archive as `cxr ingest --source kaggle`
+    fetched it, ("source", what ingest read) for any other folder, archive or bucket, ("unknown", None) where
+    stats.json predates the record."""
+    dataset = stats.get("dataset") or {}
+    source = dataset.get("source")
+    if dataset.get("synthetic"):
+        return "synthetic", source
+    if source == "kaggle":
+        return "kaggle", settings.KAGGLE_DATASET
+    if source:
+        return "source", source
+    return "unknown", None
+
+
 def model_card_html(stats: Mapping, leaderboard: Sequence[Mapping], metrics: Mapping[str, Mapping],
-                    explanations: Sequence[Mapping] = (), *, chosen: str | None = None, synthetic: bool = False,
+                    explanations: Sequence[Mapping] = (), *, chosen: str | None = None,
                     manifest: pd.DataFrame | None = None) -> str:
     """The model card as an HTML section.
 
-    stats: the data's stats.json; leaderboard: the report's rows (dicts with at least `backbone`, the row's
-    name, and `roc_auc`; `regime` where known); metrics: row name -> its metrics.json (intervals and thresholds);
-    explanations: the explain.json summaries made; chosen: the row the card is for (default the leaderboard's
-    first); synthetic: the data came from `cxr synth`; manifest: the data's manifest.csv, for patients per split
+    stats: the data's stats.json (its splits, and what the data is: data_origin); leaderboard: the report's rows
+    (dicts with at least `backbone`, the row's name, and `roc_auc`; `regime` where known); metrics: row name ->
+    its metrics.json (intervals and thresholds); explanations: the explain.json summaries made; chosen: the row
+    the card is for (default the leaderboard's first); manifest: the data's manifest.csv, for patients per split
     (else only test patients).
     """
     if not leaderboard:
@@ -46,9 +62,11 @@ def model_card_html(stats: Mapping, leaderboard: Sequence[Mapping], metrics: Map
     row = next((r for r in leaderboard if r["backbone"] == chosen), {})
     card = metrics[chosen]
     threshold = card["thresholds"]["validation"]
+    origin, source = data_origin(stats)
     return model_card_section(
         chosen=chosen, backbone=card.get("backbone", chosen), regime=row.get("regime", card.get("regime")),
-        threshold=threshold, image_size=stats.get("settings", {}).get("image_size", "n/a"), synthetic=synthetic,
+        threshold=threshold, image_size=stats.get("settings", {}).get("image_size", "n/a"), origin=origin,
+        source=source, fingerprint=(stats.get("dataset") or {}).get("fingerprint"),
         split_mode=stats.get("settings", {}).get("split", settings.SPLIT_MODE),
         skipped=len(stats.get("skipped", [])),
         split_headings=["split", *settings.CLASS_NAMES, "films", "patients"],

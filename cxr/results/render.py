@@ -48,24 +48,27 @@ def embedded(path: Path) -> Figure:
     return Figure(path.stem, base64.b64encode(path.read_bytes()).decode())
 
 
-def report_html(*, summary: str, missing: Sequence[str], compact: pd.DataFrame, full: pd.DataFrame,
-                footnote: bool, mark: str, figures: Sequence[Path], sections: Sequence[str],
+def report_html(*, summary: str, missing: Sequence[str], notes: Sequence[str], compact: pd.DataFrame,
+                full: pd.DataFrame, footnote: bool, mark: str, figures: Sequence[Path], sections: Sequence[str],
                 seed_accuracy: Mapping[str, float], ensemble: str, significance: float, bins: int) -> str:
-    """The whole report.html. compact and full: the leaderboard's tables, every cell already text; sections:
-    HTML rendered by this module (where each backbone looks, the model card)."""
-    return _render("report.html.j2", summary=summary, missing=list(missing), compact=compact, full=full,
+    """The whole report.html. compact and full: the leaderboard's tables, every cell already text; notes: lines
+    on what the results are (their data, a failure record beside a result); sections: HTML rendered by this module
+    (where each backbone looks, the model card)."""
+    return _render("report.html.j2", summary=summary, missing=list(missing), notes=list(notes), compact=compact,
+                   full=full,
                    footnote=footnote, mark=mark, figures=[embedded(p) for p in figures],
                    sections=[Markup(s) for s in sections], seed_accuracy=seed_accuracy, ensemble=ensemble,
                    significance=significance, bins=bins)
 
 
-def leaderboard_markdown(*, summary: str, missing: Sequence[str], compact: pd.DataFrame, full: pd.DataFrame,
-                         footnote: bool, mark: str) -> str:
-    """leaderboard.md: the compact table, what it says, and every column below it."""
+def leaderboard_markdown(*, summary: str, missing: Sequence[str], notes: Sequence[str], compact: pd.DataFrame,
+                         full: pd.DataFrame, footnote: bool, mark: str) -> str:
+    """leaderboard.md: the compact table, what it says, the notes, and every column below it."""
     def markdown(table: pd.DataFrame) -> str:
         return table.to_markdown(index=False, tablefmt="pipe", disable_numparse=True) if not table.empty else ""
 
-    return _render("leaderboard.md.j2", summary=summary, missing=list(missing), compact=markdown(compact),
+    return _render("leaderboard.md.j2", summary=summary, missing=list(missing), notes=list(notes),
+                   compact=markdown(compact),
                    full=markdown(full), footnote=footnote, mark=mark)
 
 

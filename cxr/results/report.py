@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr import artifacts, files, settings
+from cxr import artifacts, files, provenance, settings
 from cxr.errors import UserError
 from cxr.failures import Failure
 from cxr.outputs import OWN_FILES, claim
@@ -37,28 +37,47 @@ def write_report(result_dirs: Sequence[Path], out: Path, samples: int = settings
     """Write every graph, the leaderboard (csv, md), the ensemble's metrics and report.html into `out`; return file
     name -> path, and the failed trainings: folders holding failure.json are listed as missing; with none
     finished, the leaderboard and report.html say so. With `explain_dirs` (of `cxr explain`) the report shows
-    where each backbone looks; with `data_dir` (of `cxr preprocess`) it ends with a model card."""
+    where each backbone looks; with `data_dir` (of `cxr preprocess`) it ends with a model card.
+
+    Every input is read and checked before `out` is claimed (so a corrected rerun into the same `out` is not
+    refused): the results must belong together, the explanations must explain their trainings on their data, and
+    `data_dir` must be the data they were evaluated on (cxr.provenance)."""
     if not result_dirs:
         raise UserError("no result folders given")
-    missing = collect.failures(result_dirs)
-    results = sorted((collect.load_result(d) for d in map(Path, result_dirs) if artifacts.read_failure(d) is None),
-                     key=lambda r: (r.backbone, r.regime, r.seed))
+    results, missing, notes = collect.gather(result_dirs)
     collect.refuse_duplicates(results)
-    out = Path(out)
+    provenance.check_results(results)
     explain_dirs = sorted(Path(d) for d in explain_dirs)
+    for folder in explain_dirs:
+        provenance.check_explanation(folder, artifacts.read_explanation(folder).summary, results)
+    card_data = None
+    if data_dir is not None:
+        provenance.check_report_data(data_dir, results)
+        card_data = _card_data(Path(data_dir))
+    for note in notes:
+        print(f"report: {note}", file=sys.stderr)
+    out = Path(out)
     with claim(out, "report", {"results": sorted(str(Path(d).resolve()) for d in result_dirs), "samples": samples,
                                "explanations": [str(d.resolve()) for d in explain_dirs],
                                "data": str(Path(data_dir).resolve()) if data_dir else None}) as output:
         if output.finished and (out / files.REPORT_HTML).is_file():
             print(f"report: {out} already holds this report; reusing it", file=sys.stderr)
             return {p.name: p for p in sorted(out.iterdir()) if p.name not in OWN_FILES}, missing
-        written = _write(results, missing, out, samples, explain_dirs, data_dir)
+        written = _write(results, missing, notes, out, samples, explain_dirs, card_data)
         output.finish()
     return written, missing
 
 
-def _model_card(results: list[Result], table: pd.DataFrame, summaries: list[dict], data_dir: Path) -> str:
-    """The model card of the best single contender; its data's stats.json holds the splits."""
+def _card_data(data_dir: Path) -> tuple[dict, pd.DataFrame | None]:
+    """What the model card says of the data: stats.json (splits, origin) and manifest.csv (patients), checked."""
+    manifest = data_dir / files.MANIFEST
+    return (artifacts.read_stats(data_dir / files.STATS),
+            artifacts.read_manifest(manifest) if manifest.is_file() else None)
+
+
+def _model_card(results: list[Result], table: pd.DataFrame, summaries: list[dict],
+                card_data: tuple[dict, pd.DataFrame | None]) -> str:
+    """The model card of the best single contender; its data's stats.json holds the splits and the origin."""
     from cxr.results.model_card import model_card_html
 
     rows = [{"backbone": board.row_name(row), "regime": row["regime"], "roc_auc": row["roc_auc"]}
@@ -66,24 +85,30 @@ def _model_card(results: list[Result], table: pd.DataFrame, summaries: list[dict
     metrics: dict[str, dict] = {}
     for result in results:  # the first seed's metrics stand for the contender's thresholds and intervals
         metrics.setdefault(collect.label(result.backbone, result.regime), result.metrics)
-    manifest = Path(data_dir) / files.MANIFEST
-    return model_card_html(
-        artifacts.read_stats(Path(data_dir) / files.STATS), rows, metrics, summaries,
-        synthetic=any(s.get("pointing_game") for s in summaries),  # only `cxr synth` draws lesion boxes
-        manifest=artifacts.read_manifest(manifest) if manifest.is_file() else None)
+    stats, manifest = card_data
+    return model_card_html(stats, rows, metrics, summaries, manifest=manifest)
 
 
-def _sections(results: list[Result], table: pd.DataFrame, explain_dirs: Sequence[Path], data_dir: Path | None,
-              out: Path) -> list[str]:
+def _sections(results: list[Result], table: pd.DataFrame, explain_dirs: Sequence[Path],
+              card_data: tuple[dict, pd.DataFrame | None] | None, out: Path) -> list[str]:
     """Where each backbone looks (Grad-CAM, when explanations were made) and the model card of the best single
     contender (when the data folder is known)."""
     from cxr.results.explain import explanations_html
 
     sections = [explanations_html(explain_dirs, out)] if explain_dirs else []
-    if data_dir is not None and not table[table["backbone"] != ENSEMBLE].empty:
-        summaries = [artifacts.read_explain_summary(Path(d) / files.EXPLAIN_SUMMARY) for d in explain_dirs]
-        sections.append(_model_card(results, table, summaries, data_dir))
+    if card_data is not None and not table[table["backbone"] != ENSEMBLE].empty:
+        summaries = [artifacts.read_explanation(d).summary for d in explain_dirs]
+        sections.append(_model_card(results, table, summaries, card_data))
     return sections
+
+
+def _data_notes(results: list[Result]) -> list[str]:
+    """What the results were evaluated on, where they record it (cxr.provenance checked that they agree)."""
+    for result in results:
+        data = result.metrics.get("provenance", {}).get("data")
+        if data is not None:
+            return [f"Every result was evaluated on {provenance.describe_data(data)}."]
+    return []
 
 
 def _draw(films: pd.DataFrame, rows: list[Contender], out: Path) -> dict[str, Path]:
@@ -101,8 +126,9 @@ def _draw(films: pd.DataFrame, rows: list[Contender], out: Path) -> dict[str, Pa
     return {**drawn, **{name: out / name for name in FIGURES}}
 
 
-def _write(results: list[Result], missing: list[Failure], out: Path, samples: int, explain_dirs: Sequence[Path] = (),
-           data_dir: Path | None = None) -> dict[str, Path]:
+def _write(results: list[Result], missing: list[Failure], notes: list[str], out: Path, samples: int,
+           explain_dirs: Sequence[Path] = (), card_data: tuple[dict, pd.DataFrame | None] | None = None,
+           ) -> dict[str, Path]:
     written = {name: out / name for name in (files.LEADERBOARD_CSV, files.LEADERBOARD_MD, files.REPORT_HTML)}
     table, figures = pd.DataFrame(columns=board.COLUMNS), []
     if results:
@@ -115,13 +141,17 @@ def _write(results: list[Result], missing: list[Failure], out: Path, samples: in
         ensemble = [c for c in rows if not c.runs]
         if ensemble:
             written[files.ENSEMBLE_METRICS] = out / files.ENSEMBLE_METRICS
-            written[files.ENSEMBLE_METRICS].write_text(json.dumps(ensemble[0].metrics, indent=2, allow_nan=False))
+            record = {"members": [provenance.model_record(r.folder) for r in results],
+                      "data": next((d for r in results if (d := r.metrics.get("provenance", {}).get("data"))), None)}
+            written[files.ENSEMBLE_METRICS].write_text(json.dumps({**ensemble[0].metrics, "provenance": record},
+                                                                  indent=2, allow_nan=False))
     table.to_csv(written[files.LEADERBOARD_CSV], index=False)
     text = dict(summary=board.comparison_summary(table), missing=[failure.line() for failure in missing],
+                notes=[*notes, *_data_notes(results)],
                 compact=board.compact(table), full=table.map(board.cell), footnote=board.has_frozen(table),
                 mark=board.FEATURES_MARK)
     written[files.LEADERBOARD_MD].write_text(render.leaderboard_markdown(**text))
-    sections = _sections(results, table, explain_dirs, data_dir, out) if results else []
+    sections = _sections(results, table, explain_dirs, card_data, out) if results else []
     if (out / files.GRADCAM_COMPARISON).is_file():
         written[files.GRADCAM_COMPARISON] = out / files.GRADCAM_COMPARISON
     written[files.REPORT_HTML].write_text(render.report_html(

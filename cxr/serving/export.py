@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxr import artifacts, files, settings
+from cxr import artifacts, files, provenance, settings
 from cxr.errors import UserError
 from cxr.outputs import claim
 from cxr.serving.trained import Preprocessing, find_threshold, load_model, read_preprocessing
@@ -106,11 +106,12 @@ def export(model_dir: Path, out: Path, result_dir: Path | None = None, threshold
     if result_dir is not None:
         _refuse_inside(out, Path(result_dir), "--result")
     threshold = find_threshold(model_dir, result_dir, threshold)
+    read_preprocessing(model_dir)  # before the claim: a wrong --model leaves --out free for the right one
     with claim(out, "export", {"model": str(model_dir.resolve()), "threshold": threshold}) as output:
         if output.finished and (out / VERSION / "saved_model.pb").is_file():
             print(f"export: {out} already holds this export; reusing it", file=sys.stderr)
             return out / VERSION
-        target = _export(model_dir, out, threshold)
+        target = _export(model_dir, out, threshold, provenance.export_record(model_dir, result_dir))
         output.finish()
     return target
 
@@ -124,7 +125,7 @@ def _refuse_inside(out: Path, owned: Path, option: str) -> None:
                         "folder of its own")
 
 
-def _export(model_dir: Path, out: Path, threshold: float) -> Path:
+def _export(model_dir: Path, out: Path, threshold: float, record: dict) -> Path:
     import keras
     import tensorflow as tf
 
@@ -137,7 +138,7 @@ def _export(model_dir: Path, out: Path, threshold: float) -> Path:
     target = out / VERSION
     archive.write_out(str(target), verbose=False)
     (out / "cxr_export.json").write_text(json.dumps({
-        "model_dir": str(model_dir), "threshold": threshold, **prep.__dict__,
+        "model_dir": str(model_dir), "threshold": threshold, **prep.__dict__, "provenance": record,
         "signature": {"inputs": {INPUT_NAME: "string [batch]: JPEG or PNG bytes"},
                       "outputs": {"probability": "float32 [batch]", "decision": "string [batch]"}}}, indent=2))
     return target

@@ -18,8 +18,15 @@ import pandas as pd
 from cxr import settings
 from cxr.data.images import UnreadableImage
 from cxr.errors import UserError
-from cxr.outputs import owner_of
-from cxr.serving.trained import decide, find_threshold, load_model, probabilities_of, read_film, read_preprocessing
+from cxr.outputs import new_file, owner_of
+from cxr.serving.trained import (
+    decide,
+    find_threshold,
+    load_model,
+    probabilities_of,
+    read_film,
+    read_preprocessing,
+)
 
 COLUMNS = ["file", "probability", "decision", "threshold", "error"]
 
@@ -57,6 +64,12 @@ def check_batch_size(batch_size: int) -> None:
         raise UserError(f"--batch-size must be between 1 and {settings.MAX_BATCH_SIZE}, got {batch_size}")
 
 
+def shown_name(path: Path) -> str:
+    """The file name as text that can be written anywhere: bytes that are not UTF-8 (a name from another
+    system's encoding, which Python holds as lone surrogates) are shown as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
 def predict_files(model_dir: Path, films: Sequence[Path], result_dir: Path | None = None,
                   threshold: float | None = None, batch_size: int = settings.BATCH_SIZE) -> pd.DataFrame:
     """One row per film, in the order given (a folder: its films in films_in's order): file, probability,
@@ -72,7 +85,8 @@ def predict_files(model_dir: Path, films: Sequence[Path], result_dir: Path | Non
     pixels: list[np.ndarray] = []
     readable: list[int] = []
     for path in films:
-        rows.append({"file": str(path), "probability": np.nan, "decision": "", "threshold": threshold, "error": ""})
+        rows.append({"file": shown_name(path), "probability": np.nan, "decision": "", "threshold": threshold,
+                     "error": ""})
         try:
             pixels.append(read_film(path, prep))
             readable.append(len(rows) - 1)
@@ -102,16 +116,12 @@ def check_output(out: Path) -> None:
 
 
 def write_predictions(table: pd.DataFrame, out: Path | None) -> None:
-    """Write the table as CSV to `out`, or to stdout without one; never over an existing file."""
+    """Write the table as CSV to `out`, or to stdout without one; never over an existing file, and `out`
+    appears only once complete (cxr.outputs.new_file), so a failure never leaves a part that blocks a rerun."""
     if out is None:
         table.to_csv(sys.stdout, index=False)
         return
     out = Path(out)
     check_output(out)
-    try:
-        with out.open("x") as handle:  # "x": fails if the file exists, with no window between check and write
-            table.to_csv(handle, index=False)
-    except FileExistsError:
-        raise UserError(f"{out} exists already; choose another --out") from None
-    except OSError as error:  # a missing or read-only folder, a path through a file
-        raise UserError(f"--out {out}: cannot write it ({error.strerror or error})") from None
+    with new_file(out) as handle:
+        table.to_csv(handle, index=False)

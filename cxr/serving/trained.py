@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr import artifacts, files, settings
+from cxr import artifacts, files, provenance, settings
 from cxr.errors import UserError
 
 
@@ -73,7 +73,8 @@ def backbone_name(model_dir: Path) -> str:
 
 def find_threshold(model_dir: Path, result_dir: Path | None = None, threshold: float | None = None) -> float:
     """The decision threshold: `threshold` when given, else `thresholds.validation` of result_dir's metrics.json,
-    else of a metrics.json in model_dir (train and evaluate writing to one folder)."""
+    else of a metrics.json in model_dir (train and evaluate writing to one folder). A result of another model's
+    evaluation is refused in one line naming both (cxr.provenance)."""
     if threshold is not None:
         if not 0 <= threshold <= 1:
             raise UserError(f"--threshold must be in [0, 1], got {threshold}")
@@ -83,7 +84,9 @@ def find_threshold(model_dir: Path, result_dir: Path | None = None, threshold: f
     if not path.is_file():
         raise UserError(f"no {files.METRICS} in {folder}: pass --result (the --out folder of `cxr evaluate`) or "
                         "--threshold")
-    return artifacts.read_metrics(path)["thresholds"]["validation"]
+    metrics = artifacts.read_metrics(path)
+    provenance.check_result_of(model_dir, folder)
+    return metrics["thresholds"]["validation"]
 
 
 def decode_bytes(data: bytes, prep: Preprocessing) -> np.ndarray:

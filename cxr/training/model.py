@@ -19,6 +19,22 @@ def backbone_of(model: keras.Model) -> keras.Model:
     return backbone
 
 
+def _build_backbone(backbone: Backbone, keras_weights: str | None, image_size: int) -> keras.Model:
+    """The keras.applications backbone; a failed download of its ImageNet weights is one line. Keras raises a
+    bare Exception("URL fetch failure on URL: CODE -- REASON") for an HTTP or network error, and a ValueError
+    for a file whose hash does not match (keras.utils.get_file)."""
+    try:
+        return backbone.build(include_top=False, weights=keras_weights, input_shape=(image_size, image_size, 3))
+    except Exception as error:
+        message = str(error)
+        if keras_weights is None or not (message.startswith("URL fetch failure")
+                                         or message.startswith("Incomplete or corrupted file")):
+            raise
+        raise UserError(f"--weights imagenet: the ImageNet weights of {backbone.name} could not be downloaded "
+                        f"({message.splitlines()[0]}); without network, pass --weights none or a backbone "
+                        ".weights.h5 file") from None
+
+
 def build_model(backbone: Backbone, image_size: int, *, dense_units: int = settings.DENSE_UNITS,
                 dropout: float = settings.DROPOUT, weights: str = settings.WEIGHTS,
                 train_backbone: bool = True) -> keras.Model:
@@ -31,12 +47,13 @@ def build_model(backbone: Backbone, image_size: int, *, dense_units: int = setti
     Under a mixed_float16 policy the last layer stays float32, so the sigmoid and the loss keep their precision.
     """
     keras_weights, weights_file = resolve_weights(weights, backbone.name, image_size)
-    base = backbone.build(include_top=False, weights=keras_weights, input_shape=(image_size, image_size, 3))
+    base = _build_backbone(backbone, keras_weights, image_size)
     if weights_file is not None:
         try:
             base.load_weights(weights_file)
-        except (ValueError, OSError) as error:
-            raise UserError(f"--weights {weights_file}: does not fit {backbone.name} ({error})") from None
+        except (ValueError, OSError) as error:  # Keras' message lists every layer: its first line says enough
+            raise UserError(f"--weights {weights_file}: does not fit {backbone.name} "
+                            f"({str(error).splitlines()[0][:300]})") from None
     if keras_weights is None and weights_file is None:
         # From scratch there are no ImageNet statistics, and Keras' 0.99 momentum lags for hundreds of steps:
         # inference then sees stale statistics and predicts one class (settings.FROM_SCRATCH_BN_MOMENTUM).

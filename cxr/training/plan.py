@@ -86,6 +86,24 @@ class TrainSettings:
             raise UserError(f"{flag('dropout')} must be in [0, 1), got {self.dropout}")
         if self.regime not in settings.REGIMES:
             raise UserError(f"{flag('regime')} must be one of {', '.join(settings.REGIMES)}, got {self.regime!r}")
+        if not 0 <= self.image_size <= settings.MAX_IMAGE_SIZE:
+            raise UserError(f"{flag('image_size')} must be 0 (native) or a size in pixels up to "
+                            f"{settings.MAX_IMAGE_SIZE}, got {self.image_size}")
+        check_weights(self.weights)
+
+
+def check_weights(weights: str) -> None:
+    """Refuse, before any work, a --weights that names no usable file: a missing path, or a whole saved model
+    (.keras), whose layers are not a backbone's and would be refused only after Keras printed every mismatch."""
+    if weights.lower() in ("imagenet", "none") or weights.startswith("gs://"):
+        return
+    path = Path(weights)
+    if path.suffix == ".keras":
+        raise UserError(f"--weights {weights}: a whole saved model (.keras), not a backbone's weights; pass a "
+                        "backbone .weights.h5 file, imagenet or none")
+    if not path.exists():
+        raise UserError(f"--weights {weights}: no such file; expected imagenet, none, a backbone weights file or "
+                        "a folder of them")
 
 
 def plan_runs(names: list[str], seeds: list[int], regimes: list[str] = settings.PIPELINE_REGIMES) -> list[dict]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 import pandas as pd
 
-from cxr import files, settings
+from cxr import files, provenance, settings
 from cxr.data.reader import read_split, split_counts
 from cxr.devices import backend, limit_gpu_memory, mixed_precision_policy, select_device
 from cxr.errors import UserError
@@ -148,6 +148,7 @@ def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | 
         weights_id(options.weights)  # a missing weights file is refused before any folder is made
     print(f"train: {limit_gpu_memory()}", file=sys.stderr)  # before the backend touches a GPU
     device_used = select_device(device)  # before any file is written: a pod without its GPU stops here
+    data = provenance.data_record(data_dir)  # before the claim: a wrong --data leaves --out free for the right one
     wanted = dataclasses.asdict(options)
     with claim(out, "train", wanted) as output:
         if output.finished and (out / files.MODEL).is_file() and (out / files.TRAIN_METRICS).is_file():
@@ -159,6 +160,7 @@ def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | 
         with claim(checkpoint, "train", wanted, option="--checkpoint"):
             run = Run(data_dir, checkpoint, options, size, counts, device_used, features)
             model, metrics, predictions = _fit(run)
+        metrics["provenance"] = {"data": data}  # what later steps check this training against
         model.save(out / files.MODEL)
         write_preprocessing(out, data_dir, size)  # what `cxr predict` and `cxr export` must repeat on new films
         if predictions is not None:
