@@ -56,9 +56,7 @@ def _read_records(folder: Path) -> dict:
 
 
 def _write_records(folder: Path, records: dict) -> None:
-    tmp = folder / (RECORD + ".tmp")
-    tmp.write_text(json.dumps(records, indent=1, sort_keys=True))
-    os.replace(tmp, folder / RECORD)
+    write_atomically(folder / RECORD, json.dumps(records, indent=1, sort_keys=True))
 
 
 def make_folder(folder: Path, option: str) -> None:
@@ -101,7 +99,7 @@ def _written(folder: Path) -> frozenset[str]:
     found = set()
     for parent, _, names in os.walk(folder):
         for name in names:
-            if name not in OWN_FILES and name != RECORD + ".tmp":
+            if name not in OWN_FILES and name != _partial(RECORD):
                 found.add((Path(parent) / name).relative_to(folder).as_posix())
     return frozenset(found)
 
@@ -185,11 +183,16 @@ def new_file(path: Path, option: str = "--out", encoding: str = "utf-8") -> Iter
         temporary.unlink(missing_ok=True)
 
 
+def _partial(name: str) -> str:
+    """The name write_atomically gives a file while it is being written."""
+    return f".{name}.partial"
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Write `path` in a command's own folder so that it is either the old file or the whole new one, never a
     part: a crash mid-write cannot leave a truncated file for a reader (or a rerun) to trip on."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.partial")
+    temporary = path.with_name(_partial(path.name))
     temporary.write_text(text)
     os.replace(temporary, path)
 

@@ -45,7 +45,7 @@ def check_environment() -> None:
     and KERAS_BACKEND (Keras itself fails with a traceback on a backend that is unknown or not installed)."""
     keras_backend = os.environ.get("KERAS_BACKEND")
     if keras_backend is not None and keras_backend not in KERAS_BACKENDS:
-        raise UserError(f"KERAS_BACKEND={keras_backend!r}: cxr runs on {' or '.join(KERAS_BACKENDS)}")
+        raise UserError(f"KERAS_BACKEND={keras_backend}: cxr runs on {' or '.join(KERAS_BACKENDS)}")
     if _ENVIRONMENT_PROBLEMS:
         raise UserError(_ENVIRONMENT_PROBLEMS[0])
 

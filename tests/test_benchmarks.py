@@ -46,10 +46,11 @@ def _assert_a_row_per_mode_and_the_projection(stdout: str, backbones: list[str])
                      stdout)
 
 
+@pytest.mark.timeout(600)
 def test_gpu_throughput_smoke_on_one_backbone_prints_its_rows_and_the_projection_without_tensorflow():
     # VGG16: the quickest backbone to compile and to run uncompiled on JAX (fewest operations), a quarter faster
     # than MobileNet here.
-    _assert_a_row_per_mode_and_the_projection(_smoke("--backbones", "VGG16", timeout=600), ["VGG16"])
+    _assert_a_row_per_mode_and_the_projection(_smoke("--backbones", "VGG16", timeout=550), ["VGG16"])
     # Nothing it imports pulls in TensorFlow, which the GPU machine does not have.
     imported = subprocess.run(
         [sys.executable, "-c", "import runpy, sys; runpy.run_path('benchmarks/gpu_throughput.py', run_name='x'); "
@@ -58,16 +59,18 @@ def test_gpu_throughput_smoke_on_one_backbone_prints_its_rows_and_the_projection
     assert "'keras'" in imported and "'jax'" in imported and "'tensorflow'" not in imported
 
 
+# The limits are generous: the all-five smoke runs about 5 minutes on 2 idle cores and took 25 on 2 cores shared
+# with five other processes (the compilations it times use every core).
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(2400)
 def test_gpu_throughput_smoke_prints_a_number_per_backbone_and_mode_and_the_projection():
-    _assert_a_row_per_mode_and_the_projection(_smoke(timeout=1700), list(settings.BACKBONES))
+    _assert_a_row_per_mode_and_the_projection(_smoke(timeout=2300), list(settings.BACKBONES))
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_concurrent_mode_times_trainings_at_once_and_one_after_another():
-    stdout = _smoke("--concurrent", "--backbones", "MobileNet", "VGG16", timeout=550)
+    stdout = _smoke("--concurrent", "--backbones", "MobileNet", "VGG16", timeout=850)
     for backbone in ("MobileNet", "VGG16"):  # images/s alone, and sharing
         assert re.search(rf"^{backbone}\s+\d+\.\d+\s+\d+\.\d+$", stdout, re.MULTILINE), stdout
     assert re.search(r"one after another:\s+\d+\.\d s", stdout)

@@ -20,8 +20,8 @@ def _run(command: list[str], **environment: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(("variable", "value", "expected"), [
-    ("KERAS_BACKEND", "torch", "KERAS_BACKEND='torch': cxr runs on tensorflow or jax"),
-    ("KERAS_BACKEND", "nonsense", "KERAS_BACKEND='nonsense': cxr runs on tensorflow or jax"),
+    ("KERAS_BACKEND", "torch", "KERAS_BACKEND=torch: cxr runs on tensorflow or jax"),
+    ("KERAS_BACKEND", "nonsense", "KERAS_BACKEND=nonsense: cxr runs on tensorflow or jax"),
     ("CXR_TRAIN_ATTEMPTS", "abc", "CXR_TRAIN_ATTEMPTS='abc': expected a whole number >= 1"),
     ("CXR_TRAIN_ATTEMPTS", "0", "CXR_TRAIN_ATTEMPTS='0': expected a whole number >= 1"),
     ("CXR_PARALLELISM", "2.5", "CXR_PARALLELISM='2.5': expected a whole number >= 1"),

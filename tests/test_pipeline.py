@@ -197,14 +197,17 @@ def test_one_killed_training_leaves_a_report_of_the_others_and_a_failed_run(synt
     """The whole pipeline on the local runner, in a process of its own; VGG16's training process is killed with
     SIGKILL (as the OOM killer does) while it trains. With one attempt allowed, its branch records the failure,
     the report covers MobileNet and names VGG16, and the run still ends failed. Every component runs in it: the
-    train component's model artifact and checkpoints are checked here too."""
+    train component's model artifact and checkpoints are checked here too.
+
+    Five epochs: VGG16 is killed as soon as its first is done (the later ones take seconds each, the poll half a
+    second), and MobileNet, which trains them all, stays cheap."""
     script = f"""
 from kfp import local
 from pipelines.chest_xray_benchmark import chest_xray_benchmark
 local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root={str(tmp_path / "root")!r})
-chest_xray_benchmark(source={str(synthetic_archive)!r}, backbones=["VGG16", "MobileNet"], epochs=30, batch_size=16,
+chest_xray_benchmark(source={str(synthetic_archive)!r}, backbones=["VGG16", "MobileNet"], epochs=5, batch_size=16,
                      learning_rate=1e-3, image_size=32, weights="none", processed_image_size=32, val_fraction=0.2,
-                     patience=30, device="cpu", checkpoint_root={str(tmp_path / "ckpt")!r})
+                     patience=5, device="cpu", checkpoint_root={str(tmp_path / "ckpt")!r})
 """
     env = {**os.environ, "CXR_TRAIN_ATTEMPTS": "1", "PYTHONPATH": str(ROOT)}
     run = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -229,7 +232,8 @@ chest_xray_benchmark(source={str(synthetic_archive)!r}, backbones=["VGG16", "Mob
     assert (Path(model["uri"]) / "model.keras").is_file()
     assert model["metadata"]["backbone"] == "MobileNet" and model["metadata"]["image_size"] == 32
     assert not (Path(model["uri"]) / "checkpoint").exists()  # checkpoints stay out of the model artifact
-    # One folder per run, in it one per backbone and seed (the run's id comes from KFP: the same for both).
+    # One folder per run (its id comes from KFP: the same for both), in it one per training, named after the
+    # backbone, the regime and the seed (cxr.training.plan.pipeline_checkpoint).
     checkpoints = sorted(p.relative_to(tmp_path / "ckpt") for p in (tmp_path / "ckpt").glob("*/*/state.json"))
     assert [p.parts[1:] for p in checkpoints] == [("mobilenet-finetune-seed42", "state.json"),
                                                  ("vgg16-finetune-seed42", "state.json")]

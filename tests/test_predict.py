@@ -140,7 +140,7 @@ def test_a_batch_size_out_of_range_is_one_line_before_any_work(tmp_path, capsys,
 def test_the_decision_at_and_next_to_a_probability(trained, raw_dataset, tmp_path):
     """PNEUMONIA when P >= threshold, in float64, as evaluate counts: at P itself, one float64 step below and
     above (a step float32 cannot tell from P)."""
-    from cxr.results.evaluate import threshold_metrics
+    from cxr.results.metrics import threshold_metrics
     from cxr.serving.trained import decide
 
     film = str(sorted(raw_dataset.glob("test/PNEUMONIA/*.jpeg"))[0])

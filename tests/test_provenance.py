@@ -415,6 +415,7 @@ def test_a_file_written_in_parts_appears_only_when_complete(tmp_path):
     (["--backbones", "MobileNet,NoSuchNet"], "unknown backbone 'NoSuchNet'"),
     (["--per-class", "0"], "--per-class must be between"),
     (["--image-size", "5000"], "--image-size must be 0"),
+    (["--regimes", "finetune,sideways"], "unknown regime 'sideways'"),
 ])
 def test_the_demo_refuses_bad_settings_before_its_first_step(arguments, expected, tmp_path):
     out = tmp_path / "demo"

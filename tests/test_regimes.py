@@ -128,6 +128,25 @@ def test_a_second_seed_reuses_the_cache_without_rewriting_it(frozen_run, process
     assert not np.allclose(head["probability"], pd.read_csv(root / "seed1" / files.HEAD_PREDICTIONS)["probability"])
 
 
+def test_the_pipelines_export_pairs_each_result_with_its_own_regimes_model(frozen_run, processed_dataset, tmp_path):
+    """One backbone and seed in both regimes: the aggregate step's export must not take the frozen training's
+    evaluation for the fine-tuned one's (or the other way round)."""
+    from cxr.results.evaluate import evaluate
+    from cxr.serving.export import export_best_of
+
+    root, _ = frozen_run
+    train(processed_dataset, tmp_path / "finetune", TrainSettings(epochs=1, seed=1, **{**FROZEN, "regime": "finetune"}))
+    evaluate(processed_dataset, tmp_path / "finetune", tmp_path / "finetune-result", samples=10)
+    models, results = [root / "seed1", tmp_path / "finetune"], [root / "seed1-result", tmp_path / "finetune-result"]
+    for order in (1, -1):
+        out = tmp_path / f"export{order}"
+        assert export_best_of(models[::order], results[::-order], out) == "MobileNet"
+        exported = json.loads((out / "cxr_export.json").read_text())
+        chosen = results[models.index(Path(exported["model_dir"]))]
+        threshold = json.loads((chosen / files.METRICS).read_text())["thresholds"]["validation"]
+        assert exported["threshold"] == threshold  # the threshold of that model's own evaluation
+
+
 def test_the_regimes_never_share_a_checkpoint(processed_dataset, tmp_path):
     from cxr.errors import UserError
 

@@ -27,6 +27,9 @@ from PIL import Image
 from cxr.cli import main
 from tests.conftest import free_port
 
+# The first test to run builds the module's server: one training, one prediction and the server's start-up.
+pytestmark = pytest.mark.timeout(600)
+
 NAME = "cxr-pneumonia"
 BODY_LIMIT = 1_000_000  # CXR_SERVE_MAX_BODY_BYTES of the test server: a body over it is quick to send
 START_TIMEOUT = 300  # seconds for TensorFlow's import and the model's load on a busy 2-core machine

@@ -19,15 +19,16 @@ from cxr import settings
 from cxr.data.images import UnreadableImage
 from cxr.errors import UserError
 from cxr.outputs import new_file, owner_of
-from cxr.serving.trained import decide, find_threshold, load_model, probabilities_of, read_film, read_preprocessing
+from cxr.serving.trained import (
+    decide,
+    find_threshold,
+    load_model,
+    probabilities_of,
+    read_film,
+    read_preprocessing,
+)
 
 COLUMNS = ["file", "probability", "decision", "threshold", "error"]
-
-
-def shown_name(path: Path) -> str:
-    """The file name as text that can be written anywhere: bytes that are not UTF-8 (a name from another
-    system's encoding, which Python holds as lone surrogates) are shown as \\xNN escapes."""
-    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
 def films_in(folder: Path) -> list[Path]:
@@ -61,6 +62,12 @@ def expand_films(paths: Sequence[Path]) -> list[Path]:
 def check_batch_size(batch_size: int) -> None:
     if not 1 <= batch_size <= settings.MAX_BATCH_SIZE:
         raise UserError(f"--batch-size must be between 1 and {settings.MAX_BATCH_SIZE}, got {batch_size}")
+
+
+def shown_name(path: Path) -> str:
+    """The file name as text that can be written anywhere: bytes that are not UTF-8 (a name from another
+    system's encoding, which Python holds as lone surrogates) are shown as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
 def predict_files(model_dir: Path, films: Sequence[Path], result_dir: Path | None = None,

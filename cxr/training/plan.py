@@ -102,7 +102,8 @@ def check_weights(weights: str) -> None:
         raise UserError(f"--weights {weights}: a whole saved model (.keras), not a backbone's weights; pass a "
                         "backbone .weights.h5 file, imagenet or none")
     if not path.exists():
-        raise UserError(f"--weights {weights}: no such file; expected imagenet, none, or a backbone weights file")
+        raise UserError(f"--weights {weights}: no such file; expected imagenet, none, a backbone weights file or "
+                        "a folder of them")
 
 
 def plan_runs(names: list[str], seeds: list[int], regimes: list[str] = settings.PIPELINE_REGIMES) -> list[dict]:

@@ -8,6 +8,7 @@ the Keras backend KERAS_BACKEND names (tensorflow or jax; JAX compiles every ste
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from cxr import files, provenance, settings
 from cxr.data.reader import read_split, split_counts
 from cxr.devices import backend, limit_gpu_memory, mixed_precision_policy, select_device
 from cxr.errors import UserError
-from cxr.outputs import claim
+from cxr.outputs import claim, write_atomically
 from cxr.serving.trained import write_preprocessing
 from cxr.training.backbones import get_backbone, input_size
 from cxr.training.features import FeatureCache, FeatureKey, dataset_fingerprint, open_cache, weights_id
@@ -41,15 +42,8 @@ def class_weights(counts: dict[str, int]) -> dict[int, float]:
 
 
 def format_duration(seconds: float) -> str:
-    """H:MM:SS, as the seed reports its learning times."""
-    whole = int(round(seconds))
-    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """H:MM:SS, as the seed reports its learning times (whole seconds; "1 day, H:MM:SS" past a day)."""
+    return str(datetime.timedelta(seconds=round(seconds)))
 
 
 def _save_weights_atomically(model: keras.Model, path: Path) -> None:
@@ -103,7 +97,7 @@ class ResumableTraining(keras.callbacks.Callback):
             # the best epoch so far survives, and stop.
             state["diverged_epoch"] = epoch + 1
             self.model.stop_training = True
-            _atomic_write(self.state_file, json.dumps(state, indent=1))
+            write_atomically(self.state_file, json.dumps(state, indent=1))
             print(f"epoch {epoch + 1}/{self.epochs}: loss {row['loss']} val_loss {row['val_loss']}: diverged, "
                   "stopping", flush=True)
             return
@@ -118,7 +112,7 @@ class ResumableTraining(keras.callbacks.Callback):
                 state["stopped_epoch"] = epoch + 1
                 self.model.stop_training = True
         _save_weights_atomically(self.model, self.folder / "last.weights.h5")
-        _atomic_write(self.state_file, json.dumps(state, indent=1))
+        write_atomically(self.state_file, json.dumps(state, indent=1))
         print(f"epoch {epoch + 1}/{self.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} | "
               f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} | {seconds:.1f} s, "
               f"{self.train_images / seconds:,.0f} img/s"
@@ -166,7 +160,7 @@ def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | 
         if predictions is not None:
             predictions.to_csv(out / files.HEAD_PREDICTIONS, index=False)
         pd.DataFrame(metrics.pop("history"), columns=HISTORY_COLUMNS).to_csv(out / files.HISTORY, index=False)
-        _atomic_write(out / files.TRAIN_METRICS, json.dumps(metrics, indent=2))
+        write_atomically(out / files.TRAIN_METRICS, json.dumps(metrics, indent=2))
         output.finish()
     return metrics
 
