@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # What no document or comment may point at: files beside the repository, and guides it does not hold.
 OUTSIDE = re.compile(r"\.\./shared|GUIDE\.md|GUIDE section")
-TEXT_SUFFIXES = {".py", ".md", ".sh", ".toml", ".yaml", ".tmpl", ".j2", ".cfg", ""}
+TEXT_SUFFIXES = {".py", ".md", ".sh", ".toml", ".yaml", ".tmpl", ".j2", ".cfg", ".conf", ""}
 
 
 def outside_pointers(root: Path) -> list[str]:
