@@ -23,11 +23,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install --quiet -e ".[cpu,dev,serve]"
 	touch $@
 
+# Test files run on TEST_WORKERS processes (pytest-xdist), a file's tests together in one, so that a module's shared
+# training is made once. Most of a test's time is single-threaded (Python, graph tracing, a subprocess importing
+# TensorFlow), so two workers on 2 cores take about half as long as one; more workers than cores gain nothing.
+TEST_WORKERS ?= 2
+PYTEST := $(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 test: install ## the test suite without its slow tier (TensorFlow on tiny data, KFP local runner, GCS emulator)
-	$(PYTHON) -m pytest
+	$(PYTEST)
 
 test-slow: install ## the slow tier only: tests marked slow (every backbone through the GPU benchmark's smoke run)
-	$(PYTHON) -m pytest -m slow
+	$(PYTEST) -m slow
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check .

@@ -97,7 +97,7 @@ def test_submit_sends_the_compiled_pipeline_with_its_arguments_and_waits(kfp_hos
 
 
 def test_make_run_command_line_fails_on_a_failed_run_with_the_url(kfp_host, capsys):
-    KfpStandIn.state["final_state"] = "FAILED"
+    KfpStandIn.state.update(final_state="FAILED", polls=1)  # ends at the first poll: the CLI polls every 10 s
     code = main(["submit", "--host", kfp_host, "--arg", "epochs=2", "--arg", "source=kaggle"])
     captured = capsys.readouterr()
     assert code == 2 and "ended FAILED" in captured.err and "/#/runs/details/run-42" in captured.err
@@ -328,7 +328,7 @@ def test_kaggle_secret_with_an_unreachable_api_is_one_line(closed_port_api, monk
 def test_a_password_in_the_kfp_url_is_never_printed(kfp_host, capsys, caplog):
     port = kfp_host.rsplit(":", 1)[1]
     with_password = f"http://alice:s3cret-pw@127.0.0.1:{port}"
-    KfpStandIn.state["final_state"] = "FAILED"
+    KfpStandIn.state.update(final_state="FAILED", polls=1)  # ends at the first poll: the CLI polls every 10 s
     assert main(["submit", "--host", with_password, "--arg", "epochs=2"]) == 2
     closed = f"http://alice:s3cret-pw@127.0.0.1:{free_port()}"
     assert main(["submit", "--host", closed]) == 2

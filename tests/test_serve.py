@@ -36,15 +36,9 @@ START_TIMEOUT = 300  # seconds for TensorFlow's import and the model's load on a
 
 
 @pytest.fixture(scope="module")
-def trained(processed_dataset, tmp_path_factory) -> Path:
-    """MobileNet trained one epoch at 32 px and evaluated into the same folder."""
-    from cxr.results.evaluate import evaluate
-    from cxr.training.train import TrainSettings, train
-
-    folder = tmp_path_factory.mktemp("serve") / "MobileNet"
-    train(processed_dataset, folder, TrainSettings("MobileNet", epochs=1, image_size=32, weights="none"))
-    evaluate(processed_dataset, folder, folder, samples=20)
-    return folder
+def trained(evaluated_mobilenet) -> Path:
+    """conftest's MobileNet (one epoch at 32 px) with its evaluation beside it; the server only reads it."""
+    return evaluated_mobilenet
 
 
 @pytest.fixture(scope="module")
