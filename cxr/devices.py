@@ -27,6 +27,14 @@ def backend() -> str:
     return keras.backend.backend()
 
 
+def require_tensorflow(command: str, why: str) -> None:
+    """Refuse in one line a command whose output is a TensorFlow graph when Keras runs on another backend: the
+    model file is the same on both, so the fix is to run that command on TensorFlow."""
+    if backend() != "tensorflow":
+        raise UserError(f"cxr {command} runs on TensorFlow ({why}), and KERAS_BACKEND is {backend()} here: run it "
+                        "with KERAS_BACKEND=tensorflow (the model trained on any backend loads there)")
+
+
 def visible_gpus() -> list[str]:
     """The names of the GPUs the Keras backend can run on, e.g. ["NVIDIA H200"]; [] on a CPU-only machine."""
     if backend() == "jax":

@@ -1,5 +1,7 @@
 """The names of the files the steps hand to each other: one place, so that a producer and its readers agree."""
 
+import os
+
 from cxr import settings
 
 # ingest
@@ -66,3 +68,18 @@ def gradcam_films(backbone: str) -> str:
 
 def explained_films(backbone: str) -> str:
     return f"{backbone}_films.npy"  # the films under the heatmaps, uint8, as the model saw them
+
+
+def shown_name(path: os.PathLike | str) -> str:
+    """A file name as text that can be written anywhere: bytes that are not UTF-8 (a name from another
+    system's encoding, which Python holds as lone surrogates) are shown as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+# Why a film with such a name is skipped: its name could not be written into the manifest, a TFRecord or JSON.
+NOT_UTF8_NAME = "its name is not UTF-8 (bytes of another system's encoding, shown as \\xNN): rename it to include it"
+
+
+def is_utf8_name(path: os.PathLike | str) -> bool:
+    """Whether a file name is UTF-8 text: what manifests, TFRecords and JSON can hold as it is."""
+    return shown_name(path) == os.fspath(path)

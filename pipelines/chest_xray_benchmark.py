@@ -51,6 +51,12 @@ def on_gpu_node(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
+def on_tensorflow(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Keras on TensorFlow whichever backend the image trains on: Grad-CAM (explain) and the SavedModel export
+    (aggregate) are TensorFlow graphs, and every image carries TensorFlow (it feeds training's input pipeline)."""
+    return task.set_env_variable("KERAS_BACKEND", "tensorflow")
+
+
 @dsl.pipeline(name=settings.PIPELINE_NAME,
               description="Five ImageNet CNNs on chest X-rays (pneumonia), trained in parallel and compared with "
                           "patient-level splits, sensitivity, specificity and ROC AUC.")
@@ -104,6 +110,7 @@ def chest_xray_benchmark(
         explain = explain_backbone(processed=preprocess.outputs["processed"], model=train.outputs["model"],
                                    result=evaluate.outputs["result"], films=explain_films,
                                    source=source).set_display_name("explain")
+        on_tensorflow(explain)
 
     # Fan-in at the root, into a task: a list of artifacts passed into a nested sub-pipeline keeps only one
     # (kubeflow/pipelines#13900). The component sorts what arrives; KFP does not guarantee the order.
@@ -111,6 +118,7 @@ def chest_xray_benchmark(
                                   results=dsl.Collected(evaluate.outputs["result"]),
                                   explanations=dsl.Collected(explain.outputs["explanation"]),
                                   models=dsl.Collected(train.outputs["model"])).set_display_name("aggregate")
+    on_tensorflow(aggregate)
     # Last: the run ends failed when a training is missing, after the report of the others is written.
     verdict(missing=aggregate.outputs["Output"]).set_display_name("verdict")
     return aggregate.outputs["plots"]  # the report folder: report.html, the graphs, the leaderboard

@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,15 @@ def processed_dataset(raw_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("processed") / "processed"
     preprocess(raw_dataset, out, Settings(image_size=TINY_IMAGE_SIZE, val_fraction=0.2, seed=3))
     return out
+
+
+def huge_png(width: int = 20_000, height: int = 20_000) -> bytes:
+    """A PNG whose header says width x height: what a decompression bomb looks like before it is decoded."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + chunk(b"IEND", b""))
 
 
 def free_port() -> int:

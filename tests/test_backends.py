@@ -93,3 +93,20 @@ def test_jax_allocates_on_demand_by_default_and_a_bad_fraction_is_one_line(tmp_p
 
     with pytest.raises(UserError, match="CXR_GPU_MEMORY_FRACTION"):
         limit_gpu_memory("1.5")
+
+
+@pytest.mark.parametrize("command", ["export", "explain"])
+def test_export_and_explain_on_jax_say_in_one_line_to_run_them_on_tensorflow(command, evaluated_mobilenet,
+                                                                           processed_dataset, tmp_path):
+    """Their outputs are TensorFlow graphs (a SavedModel; Grad-CAM's gradients): on JAX they refuse before
+    claiming --out, naming the setting that works; the model trained on either backend loads there."""
+    data = ["--data", str(processed_dataset)] if command == "explain" else []
+    environment = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run([sys.executable, "-m", "cxr.cli", command, *data, "--model", str(evaluated_mobilenet),
+                             "--out", str(tmp_path / "out")], env=environment, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    [line] = [line for line in result.stderr.splitlines() if line.startswith(f"cxr {command}")]
+    assert "KERAS_BACKEND is jax here: run it with KERAS_BACKEND=tensorflow" in line
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()

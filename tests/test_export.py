@@ -13,6 +13,7 @@ from PIL import Image
 from cxr import files
 from cxr.cli import main
 from cxr.errors import UserError
+from tests.conftest import huge_png
 
 
 @pytest.fixture(scope="session")
@@ -45,11 +46,16 @@ def test_the_signature_takes_encoded_films_and_agrees_with_predict(trained, expo
     import tensorflow as tf
 
     films = _films(raw_dataset, tmp_path)
+    cmyk = tmp_path / "cmyk.jpeg"  # decoded through RGB, two grey levels from PIL's pixels at most: not in _films
+    with Image.open(films[0]) as image:
+        image.convert("CMYK").save(cmyk)
+    films.append(cmyk)
     loaded = tf.saved_model.load(str(exported / "1"))
     serve = loaded.signatures["serving_default"]
     assert list(serve.structured_input_signature[1]) == ["image_bytes"]
     outputs = serve(image_bytes=tf.constant([f.read_bytes() for f in films]))
-    assert set(outputs) == {"probability", "decision"}
+    assert set(outputs) == {"probability", "decision", "error"}
+    assert [e.decode() for e in outputs["error"].numpy()] == [""] * len(films)
 
     predicted = tmp_path / "predicted.csv"
     assert main(["predict", "--model", str(trained), "--out", str(predicted), *map(str, films)]) == 0
@@ -146,3 +152,38 @@ def test_the_savedmodel_decides_in_float64(trained, exported, raw_dataset, tmp_p
     outputs = tf.saved_model.load(str(out / "1")).signatures["serving_default"](image_bytes=film)
     assert float(outputs["probability"].numpy()[0]) == probability
     assert outputs["decision"].numpy().tolist() == [b"NORMAL"]
+
+
+def test_a_bad_film_gets_its_reason_and_the_others_are_answered(exported, raw_dataset):
+    """One request with films `cxr predict` refuses among good ones: each bad one gets its own reason, NaN and no
+    decision; the good ones get what they get alone. The 20000 x 20000 PNG is refused from its header (decoded,
+    it would take 400 MB)."""
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(exported / "1")).signatures["serving_default"]
+    good = [f.read_bytes() for f in sorted(raw_dataset.glob("test/*/*.jpeg"))[:2]]
+    bad = {b"": "empty file", b"not an image at all": "not a JPEG, PNG, GIF or BMP image",
+           good[0][:300]: "corrupt image", huge_png(): "too large to decode safely",
+           b"\x89PNG\r\n\x1a\n": "corrupt image"}
+    outputs = serve(image_bytes=tf.constant([good[0], *bad, good[1]]))
+    errors = [e.decode() for e in outputs["error"].numpy()]
+    assert errors[0] == errors[-1] == ""
+    for error, expected in zip(errors[1:-1], bad.values(), strict=True):
+        assert error.startswith(expected), (error, expected)
+    probability, decision = outputs["probability"].numpy(), [d.decode() for d in outputs["decision"].numpy()]
+    assert np.isnan(probability[1:-1]).all() and decision[1:-1] == [""] * len(bad)
+    alone = serve(image_bytes=tf.constant(good))
+    np.testing.assert_allclose(probability[[0, -1]], alone["probability"].numpy(), atol=1e-6)
+    assert [decision[0], decision[-1]] == [d.decode() for d in alone["decision"].numpy()]
+
+
+def test_an_empty_batch_gets_empty_outputs_and_a_batch_of_bad_films_their_reasons(exported):
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(exported / "1")).signatures["serving_default"]
+    outputs = serve(image_bytes=tf.constant([], tf.string))
+    assert {name: tensor.shape for name, tensor in outputs.items()} == {"probability": (0,), "decision": (0,),
+                                                                         "error": (0,)}
+    outputs = serve(image_bytes=tf.constant([b"junk", b""]))  # no film to give the model
+    assert [e.decode() for e in outputs["error"].numpy()] == ["not a JPEG, PNG, GIF or BMP image", "empty file"]
+    assert np.isnan(outputs["probability"].numpy()).all()

@@ -102,6 +102,15 @@ def test_train_asks_for_a_gpu_on_the_gpu_pool_and_retries(compiled):
     assert platform["pvcMount"][0]["mountPath"] == "/checkpoints"
 
 
+def test_explain_and_aggregate_run_keras_on_tensorflow_whatever_the_image_trains_on(compiled):
+    """Grad-CAM and the SavedModel export are TensorFlow graphs: in an image built with KERAS_BACKEND=jax, those
+    two tasks must still get Keras on TensorFlow; training keeps the image's backend."""
+    executors = _spec(compiled)[0]["deploymentSpec"]["executors"]
+    for name in ("exec-explain-backbone", "exec-aggregate-results"):
+        assert {"name": "KERAS_BACKEND", "value": "tensorflow"} in executors[name]["container"]["env"], name
+    assert "env" not in executors["exec-train-backbone"]["container"]
+
+
 def _retry_policies(pipeline: dict) -> dict:
     """Every task's retryPolicy, in the root DAG and in every sub-DAG, by task name."""
     dags = [pipeline["root"]["dag"]] + [c["dag"] for c in pipeline["components"].values() if "dag" in c]

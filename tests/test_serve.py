@@ -14,7 +14,6 @@ import struct
 import subprocess
 import sys
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import requests
 from PIL import Image
 
 from cxr.cli import main
-from tests.conftest import free_port
+from tests.conftest import free_port, huge_png
 
 # The first test to run builds the module's server: one training, one prediction and the server's start-up.
 pytestmark = pytest.mark.timeout(600)
@@ -174,15 +173,6 @@ def test_v2_answers_what_predict_prints(server, trained, films, threshold, tmp_p
     assert response.status_code == 415 and "base64" in response.json()["error"], response.text
 
 
-def _huge_png(width: int = 20_000, height: int = 20_000) -> bytes:
-    """A PNG whose header says width x height: what a decompression bomb looks like before it is decoded."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + chunk(b"IEND", b""))
-
-
 def _declared_too_large(server: Server, films=None):
     """A Content-Length over the limit, refused before the body is sent."""
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
@@ -218,7 +208,7 @@ BAD_REQUESTS = {
                    "instance 0: not base64"),
     "not an image": (_request(lambda s, f: s.v1({"instances": [{"b64": base64.b64encode(b"notes").decode()}]})),
                      400, "instance 0: not an image"),
-    "too large to decode": (_request(lambda s, f: s.v1({"instances": [{"b64": base64.b64encode(_huge_png())
+    "too large to decode": (_request(lambda s, f: s.v1({"instances": [{"b64": base64.b64encode(huge_png())
                                                                        .decode()}]})), 400, "too large to decode"),
     "one bad film among good ones": (_request(lambda s, f: s.v1({"instances": [
         {"b64": _b64(f[0])}, {"b64": "%%%"}, {"b64": _b64(f[1])}]})), 400, "1 of 3 film(s) refused"),

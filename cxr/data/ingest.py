@@ -149,6 +149,9 @@ def normalise(source_files: Iterable[SourceFile], out: Path, source: str,
             report.synthetic = _synthetic_marker(file, out)
         elif is_macos_debris(file.path):
             report.macos_debris += 1
+        elif not files.is_utf8_name(file.path):
+            report.skipped.append({"file": files.shown_name(file.path), "reason": files.NOT_UTF8_NAME})
+            print(f"ingest: skipped {files.shown_name(file.path)}: {files.NOT_UTF8_NAME}", file=sys.stderr)
         elif layout_place(file.path) is None:
             report.outside_layout.append(file.path)
         else:

@@ -119,18 +119,22 @@ def _preprocess(raw: Path, out: Path, options: Settings, workers: int | None) ->
         raise UserError(f"no files in {raw}/{{{','.join(settings.SPLITS)}}}/{{{','.join(settings.CLASS_NAMES)}}}/")
     images["split"] = assign_splits(images, options)
 
-    jobs = [(str(raw / source), options.image_size) for source in images["source"]]
+    # A name that is not UTF-8 cannot go into the manifest or a TFRecord: such a film is skipped, not decoded.
+    named = images["source"].map(files.is_utf8_name)
+    jobs = [(str(raw / source), options.image_size) for source in images.loc[named, "source"]]
     workers = workers or os.cpu_count() or 1
     progress = Progress("preprocess", len(jobs), sum(os.path.getsize(path) for path, _ in jobs))
     # spawn, not fork: the parent has TensorFlow's threads running, and forking those can deadlock.
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        results = iter(pool.imap(_decode_job, jobs, chunksize=8))
         decoded = []
-        for (path, _), result in zip(jobs, pool.imap(_decode_job, jobs, chunksize=8), strict=True):
-            decoded.append(result)
-            progress.advance(os.path.getsize(path))
+        for source, utf8 in zip(images["source"], named, strict=True):
+            decoded.append(next(results) if utf8 else (None, files.NOT_UTF8_NAME))
+            if utf8:
+                progress.advance(os.path.getsize(raw / source))
 
     images["kept"] = [png is not None for png, _ in decoded]
-    skipped = [{"file": source, "reason": reason}
+    skipped = [{"file": files.shown_name(source), "reason": reason}
                for source, (_, reason) in zip(images["source"], decoded, strict=True) if reason]
     for item in skipped:
         print(f"preprocess: skipped {item['file']}: {item['reason']}", file=sys.stderr)

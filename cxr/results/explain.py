@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from cxr import artifacts, files, provenance, settings
+from cxr.devices import require_tensorflow
 from cxr.errors import UserError
 from cxr.outputs import claim, write_atomically
 from cxr.results import plots, render
@@ -191,6 +192,7 @@ def explain(data_dir: Path, model_dir: Path, result_dir: Path | None, out: Path,
     result_dir = Path(result_dir) if result_dir is not None else model_dir
     if films < 1:
         raise UserError(f"--films must be at least 1, got {films}")
+    require_tensorflow("explain", "Grad-CAM takes its gradients with tf.GradientTape")
     inputs = {"model": str(model_dir.resolve()), "result": str(result_dir.resolve()), "films": films,
               "lesions": str(Path(lesions).resolve()) if lesions is not None else None}
     checked = _checked_inputs(data_dir, model_dir, result_dir, lesions)

@@ -1,11 +1,14 @@
 """`cxr export`: a TensorFlow SavedModel that serves encoded films, for TF Serving and KServe.
 
-The signature `serving_default` takes `image_bytes`, a batch of JPEG or PNG files as strings (in TF Serving's
-REST API: `{"instances": [{"b64": "..."}]}`), and returns `probability` (P(pneumonia), float32) and `decision`
-(NORMAL or PNEUMONIA at the validation threshold, baked in). Decoding, grayscale and both resizes run inside the
-graph: JPEGs decode to PIL's pixels (same DCT scale, same IDCT), PIL's resize is repeated to within a grey level
-on a few pixels, then comes the reader's own resize (cxr.data.reader.resize_film). Probabilities agree with
-`cxr predict` closely, not exactly.
+The signature `serving_default` takes `image_bytes`, a batch of JPEG, PNG, GIF or BMP files as strings (in TF
+Serving's REST API: `{"instances": [{"b64": "..."}]}`), and returns, per film, `probability` (P(pneumonia),
+float32), `decision` (NORMAL or PNEUMONIA at the validation threshold, baked in) and `error` (empty, or why the
+film was not read; its probability is then NaN and its decision empty). One bad film never fails the others, and
+an empty batch gets empty outputs. Decoding, grayscale and both resizes run inside the graph: JPEGs (CMYK ones
+too) decode to PIL's pixels (same DCT scale, same IDCT), PIL's resize is repeated to within a grey level on a few
+pixels, then comes the reader's own resize (cxr.data.reader.resize_film). Probabilities agree with `cxr predict`
+closely, not exactly. A film larger than `cxr predict` decodes (cxr.data.images.MAX_PIXELS) is refused from its
+header, before any pixel is decoded.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cxr import artifacts, files, provenance, settings
+from cxr.data.images import MAX_PIXELS
+from cxr.devices import require_tensorflow
 from cxr.errors import UserError
 from cxr.outputs import claim
 from cxr.serving.trained import Preprocessing, find_threshold, load_model, read_preprocessing
@@ -37,12 +42,18 @@ def _grayscale_uint8(data, size: int):
         return tf.equal(tf.strings.substr(data, 0, len(magic)), magic)
 
     def jpeg():
-        height_width = tf.io.extract_jpeg_shape(data)[:2]
-        scale = tf.reduce_min(height_width // size)  # PIL: the largest of 8, 4, 2, 1 that keeps >= size
+        shape = tf.io.extract_jpeg_shape(data)
+        scale = tf.reduce_min(shape[:2] // size)  # PIL: the largest of 8, 4, 2, 1 that keeps >= size
         index = tf.add_n([tf.cast(scale >= ratio, tf.int32) for ratio in (2, 4, 8)])
-        return tf.switch_case(index, [
-            lambda ratio=ratio: tf.io.decode_jpeg(data, channels=1, ratio=ratio, dct_method="INTEGER_ACCURATE")
-            for ratio in (1, 2, 4, 8)])
+
+        def decode(ratio: int, channels: int):
+            return tf.io.decode_jpeg(data, channels=channels, ratio=ratio, dct_method="INTEGER_ACCURATE")
+
+        def gray(ratio: int):
+            # libjpeg converts CMYK to RGB but not to grayscale: via RGB, with PIL's luminance weights.
+            return tf.cond(tf.equal(shape[2], 4), lambda: _luminance(decode(ratio, 3)), lambda: decode(ratio, 1))
+
+        return tf.switch_case(index, [lambda ratio=ratio: gray(ratio) for ratio in (1, 2, 4, 8)])
 
     def png16():
         pixels = tf.cast(tf.io.decode_png(data, channels=1, dtype=tf.uint16), tf.float32)
@@ -56,6 +67,47 @@ def _grayscale_uint8(data, size: int):
     image = tf.case([(starts_with(b"\xff\xd8\xff"), jpeg), (is_png16, png16)], default=other, exclusive=True)
     image.set_shape([None, None, 1])
     return image
+
+
+def _luminance(rgb):
+    """uint8 RGB -> uint8 grayscale with PIL's ITU-R 601-2 weights (its convert("L"), to within a grey level)."""
+    import tensorflow as tf
+
+    weights = tf.constant([299 / 1000, 587 / 1000, 114 / 1000])
+    gray = tf.tensordot(tf.cast(rgb, tf.float32), weights, axes=[[2], [0]])[..., None]
+    return tf.cast(tf.round(tf.clip_by_value(gray, 0, 255)), tf.uint8)
+
+
+def _header_pixels(data):
+    """width x height of an encoded film, from its header alone (int64; -1 for a format the graph does not
+    decode). Raises on a header too short or damaged to read: the caller drops such films."""
+    import tensorflow as tf
+
+    def starts_with(magic: bytes):
+        return tf.equal(tf.strings.substr(data, 0, len(magic)), magic)
+
+    def number(position: int, length: int, big_endian: bool):
+        digits = tf.cast(tf.io.decode_raw(tf.strings.substr(data, position, length), tf.uint8), tf.int64)
+        digits = digits if big_endian else tf.reverse(digits, [0])
+        tf.debugging.assert_equal(tf.size(digits), length, message="header too short")
+        return tf.reduce_sum(digits * (256 ** tf.range(length - 1, -1, -1, dtype=tf.int64)))
+
+    def jpeg():
+        return tf.reduce_prod(tf.cast(tf.io.extract_jpeg_shape(data)[:2], tf.int64))
+
+    def png():  # IHDR: width, height as 4-byte big-endian numbers from byte 16
+        return number(16, 4, True) * number(20, 4, True)
+
+    def gif():  # logical screen: width, height as 2-byte little-endian numbers from byte 6
+        return number(6, 2, False) * number(8, 2, False)
+
+    def bmp():  # BITMAPINFOHEADER: width, height as 4-byte little-endian numbers from byte 18 (height signed)
+        height = number(22, 4, False)
+        return number(18, 4, False) * tf.where(height >= 2 ** 31, 2 ** 32 - height, height)
+
+    return tf.case([(starts_with(b"\xff\xd8\xff"), jpeg), (starts_with(b"\x89PNG\r\n\x1a\n"), png),
+                    (starts_with(b"GIF8"), gif), (starts_with(b"BM"), bmp)],
+                   default=lambda: tf.constant(-1, tf.int64), exclusive=True)
 
 
 def _pil_bilinear(image, size: int):
@@ -80,19 +132,51 @@ def film_in_graph(data, prep: Preprocessing):
     return resize_film(stored, prep.image_size)
 
 
-def serving_function(model, prep: Preprocessing, threshold: float):
-    """encoded films [n] -> {"probability": [n], "decision": [n]}, the whole preprocessing in the graph."""
+def _gather(dataset, element_shape: list[int], dtype):
+    """A tf.data dataset of (index, value) -> (indices [k], values [k, *element_shape]); k may be 0."""
     import tensorflow as tf
 
+    empty = (tf.zeros([0], tf.int32), tf.zeros([0, *element_shape], dtype))
+    return dataset.reduce(empty, lambda kept, item: (tf.concat([kept[0], [item[0]]], 0),
+                                                      tf.concat([kept[1], [item[1]]], 0)))
+
+
+def serving_function(model, prep: Preprocessing, threshold: float):
+    """encoded films [n] -> {"probability": [n], "decision": [n], "error": [n]}, the whole preprocessing in the
+    graph. A film that cannot be read gets its reason in `error`, NaN and an empty decision, and the others are
+    answered: each film is read in a tf.data pipeline that drops the ones whose decoding fails (ignore_errors),
+    and the indices of the films kept say which were answered."""
+    import tensorflow as tf
+
+    size = prep.image_size
+
     def serve(image_bytes):
-        films = tf.map_fn(lambda data: film_in_graph(data, prep), image_bytes,
-                          fn_output_signature=tf.TensorSpec([prep.image_size, prep.image_size, 1], tf.uint8))
-        probability = tf.reshape(model(films, training=False), [-1])
+        count = tf.size(image_bytes)
+        films = tf.data.Dataset.from_tensor_slices((tf.range(count), image_bytes))
+        # The header first: a film too large to decode safely is never decoded.
+        sized, pixels = _gather(films.map(lambda i, data: (i, _header_pixels(data))).ignore_errors(), [], tf.int64)
+        header = tf.tensor_scatter_nd_update(tf.fill([count], tf.constant(-2, tf.int64)), sized[:, None], pixels)
+        readable = tf.logical_and(header >= 0, header <= MAX_PIXELS)
+        decoded, inputs = _gather(
+            films.filter(lambda i, data: readable[i]).map(lambda i, data: (i, film_in_graph(data, prep)))
+            .ignore_errors(), [size, size, 1], tf.uint8)
+        # No film to answer (an empty batch, or only bad films): the model is not called, its layers refuse a
+        # batch of zero.
+        answered = tf.cond(tf.size(decoded) > 0, lambda: tf.reshape(model(inputs, training=False), [-1]),
+                           lambda: tf.zeros([0], tf.float32))
+        probability = tf.tensor_scatter_nd_update(tf.fill([count], float("nan")), decoded[:, None], answered)
+        ok = tf.tensor_scatter_nd_update(tf.zeros([count], tf.bool), decoded[:, None], tf.ones_like(decoded, tf.bool))
         # float64, as cxr.serving.trained.decide: a float32 comparison rounds a threshold one float64 step above
         # a probability down onto it.
         positive = tf.cast(probability, tf.float64) >= tf.constant(threshold, tf.float64)
-        decision = tf.where(positive, settings.CLASS_NAMES[1], settings.CLASS_NAMES[0])
-        return {"probability": probability, "decision": decision}
+        decision = tf.where(ok, tf.where(positive, settings.CLASS_NAMES[1], settings.CLASS_NAMES[0]), "")
+        too_large = f"too large to decode safely (more than {MAX_PIXELS:,} pixels)"
+        reason = tf.where(tf.equal(tf.strings.length(image_bytes), 0), "empty file",
+                          tf.where(header == -2, "corrupt image: its header cannot be read",
+                          tf.where(header == -1, "not a JPEG, PNG, GIF or BMP image",
+                                   tf.where(header > MAX_PIXELS, too_large,
+                                            "corrupt image: it cannot be decoded"))))
+        return {"probability": probability, "decision": decision, "error": tf.where(ok, "", reason)}
 
     return serve
 
@@ -105,6 +189,7 @@ def export(model_dir: Path, out: Path, result_dir: Path | None = None, threshold
     _refuse_inside(out, model_dir, "--model")
     if result_dir is not None:
         _refuse_inside(out, Path(result_dir), "--result")
+    require_tensorflow("export", "a SavedModel is a TensorFlow graph")
     threshold = find_threshold(model_dir, result_dir, threshold)
     read_preprocessing(model_dir)  # before the claim: a wrong --model leaves --out free for the right one
     with claim(out, "export", {"model": str(model_dir.resolve()), "threshold": threshold}) as output:
@@ -140,7 +225,9 @@ def _export(model_dir: Path, out: Path, threshold: float, record: dict) -> Path:
     (out / "cxr_export.json").write_text(json.dumps({
         "model_dir": str(model_dir), "threshold": threshold, **prep.__dict__, "provenance": record,
         "signature": {"inputs": {INPUT_NAME: "string [batch]: JPEG or PNG bytes"},
-                      "outputs": {"probability": "float32 [batch]", "decision": "string [batch]"}}}, indent=2))
+                      "outputs": {"probability": "float32 [batch]: NaN where error is set",
+                                  "decision": "string [batch]: NORMAL or PNEUMONIA, empty where error is set",
+                                  "error": "string [batch]: empty, or why the film was not read"}}}, indent=2))
     return target
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr import settings
+from cxr import files, settings
 from cxr.data.images import UnreadableImage
 from cxr.errors import UserError
 from cxr.outputs import new_file, owner_of
@@ -64,12 +64,6 @@ def check_batch_size(batch_size: int) -> None:
         raise UserError(f"--batch-size must be between 1 and {settings.MAX_BATCH_SIZE}, got {batch_size}")
 
 
-def shown_name(path: Path) -> str:
-    """The file name as text that can be written anywhere: bytes that are not UTF-8 (a name from another
-    system's encoding, which Python holds as lone surrogates) are shown as \\xNN escapes."""
-    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
-
-
 def predict_files(model_dir: Path, films: Sequence[Path], result_dir: Path | None = None,
                   threshold: float | None = None, batch_size: int = settings.BATCH_SIZE) -> pd.DataFrame:
     """One row per film, in the order given (a folder: its films in films_in's order): file, probability,
@@ -85,7 +79,7 @@ def predict_files(model_dir: Path, films: Sequence[Path], result_dir: Path | Non
     pixels: list[np.ndarray] = []
     readable: list[int] = []
     for path in films:
-        rows.append({"file": shown_name(path), "probability": np.nan, "decision": "", "threshold": threshold,
+        rows.append({"file": files.shown_name(path), "probability": np.nan, "decision": "", "threshold": threshold,
                      "error": ""})
         try:
             pixels.append(read_film(path, prep))
