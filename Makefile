@@ -24,8 +24,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Test files run on TEST_WORKERS processes (pytest-xdist), a file's tests together in one, so that a module's shared
-# training is made once. Most of a test's time is single-threaded (Python, graph tracing, a subprocess importing
-# TensorFlow), so two workers on 2 cores take about half as long as one; more workers than cores gain nothing.
+# training is made once. Much of a test's time is single-threaded (Python, graph tracing, a subprocess importing
+# TensorFlow): on 2 cores, two workers run the default tier about 1.4x faster than one process (tests/README.md).
 TEST_WORKERS ?= 2
 PYTEST := $(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile
 

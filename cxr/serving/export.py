@@ -31,15 +31,22 @@ INPUT_NAME = "image_bytes"
 VERSION = "1"  # TF Serving loads numbered versions under the model's base path
 
 
+# The first bytes of the two formats the graph decodes its own way, as PIL does (GIF and BMP go to decode_image).
+JPEG_MAGIC, PNG_MAGIC = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
+
+
+def _starts_with(data, magic: bytes):
+    import tensorflow as tf
+
+    return tf.equal(tf.strings.substr(data, 0, len(magic)), magic)
+
+
 def _grayscale_uint8(data, size: int):
     """Encoded bytes -> uint8 [h, w, 1] as cxr.data.images.decode_resized decodes them before its resize: a JPEG
     at the DCT scale PIL's draft picks for `size` with libjpeg's accurate IDCT (PIL's; TensorFlow's default is
     the fast one, a grey level off), a 16-bit PNG's used range stretched to 0-255 (TensorFlow's own conversion
     would keep it nearly black)."""
     import tensorflow as tf
-
-    def starts_with(magic: bytes):
-        return tf.equal(tf.strings.substr(data, 0, len(magic)), magic)
 
     def jpeg():
         shape = tf.io.extract_jpeg_shape(data)
@@ -63,8 +70,8 @@ def _grayscale_uint8(data, size: int):
     def other():
         return tf.io.decode_image(data, channels=1, dtype=tf.uint8, expand_animations=False)
 
-    is_png16 = tf.logical_and(starts_with(b"\x89PNG\r\n\x1a\n"), tf.equal(tf.strings.substr(data, 24, 1), b"\x10"))
-    image = tf.case([(starts_with(b"\xff\xd8\xff"), jpeg), (is_png16, png16)], default=other, exclusive=True)
+    is_png16 = tf.logical_and(_starts_with(data, PNG_MAGIC), tf.equal(tf.strings.substr(data, 24, 1), b"\x10"))
+    image = tf.case([(_starts_with(data, JPEG_MAGIC), jpeg), (is_png16, png16)], default=other, exclusive=True)
     image.set_shape([None, None, 1])
     return image
 
@@ -82,9 +89,6 @@ def _header_pixels(data):
     """width x height of an encoded film, from its header alone (int64; -1 for a format the graph does not
     decode). Raises on a header too short or damaged to read: the caller drops such films."""
     import tensorflow as tf
-
-    def starts_with(magic: bytes):
-        return tf.equal(tf.strings.substr(data, 0, len(magic)), magic)
 
     def number(position: int, length: int, big_endian: bool):
         digits = tf.cast(tf.io.decode_raw(tf.strings.substr(data, position, length), tf.uint8), tf.int64)
@@ -105,8 +109,8 @@ def _header_pixels(data):
         height = number(22, 4, False)
         return number(18, 4, False) * tf.where(height >= 2 ** 31, 2 ** 32 - height, height)
 
-    return tf.case([(starts_with(b"\xff\xd8\xff"), jpeg), (starts_with(b"\x89PNG\r\n\x1a\n"), png),
-                    (starts_with(b"GIF8"), gif), (starts_with(b"BM"), bmp)],
+    return tf.case([(_starts_with(data, JPEG_MAGIC), jpeg), (_starts_with(data, PNG_MAGIC), png),
+                    (_starts_with(data, b"GIF8"), gif), (_starts_with(data, b"BM"), bmp)],
                    default=lambda: tf.constant(-1, tf.int64), exclusive=True)
 
 
@@ -224,7 +228,7 @@ def _export(model_dir: Path, out: Path, threshold: float, record: dict) -> Path:
     archive.write_out(str(target), verbose=False)
     (out / "cxr_export.json").write_text(json.dumps({
         "model_dir": str(model_dir), "threshold": threshold, **prep.__dict__, "provenance": record,
-        "signature": {"inputs": {INPUT_NAME: "string [batch]: JPEG or PNG bytes"},
+        "signature": {"inputs": {INPUT_NAME: "string [batch]: JPEG, PNG, GIF or BMP bytes"},
                       "outputs": {"probability": "float32 [batch]: NaN where error is set",
                                   "decision": "string [batch]: NORMAL or PNEUMONIA, empty where error is set",
                                   "error": "string [batch]: empty, or why the film was not read"}}}, indent=2))
