@@ -44,12 +44,13 @@ def _fail(path: Path, problem: str) -> NoReturn:
 
 def _read_csv(path: Path, columns: Sequence[str], made_by: str) -> pd.DataFrame:
     """The table at `path` with at least `columns` and one row; identifiers read as text (a patient "0012"
-    stays "0012")."""
+    stays "0012"), and every number read back exactly as written (pandas' default float parser may be one ULP
+    off, enough to move a probability across the threshold it was compared with)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"missing {path} (written by {made_by})")
     try:
-        frame = pd.read_csv(path, dtype=_TEXT_COLUMNS, keep_default_na=True)
+        frame = pd.read_csv(path, dtype=_TEXT_COLUMNS, keep_default_na=True, float_precision="round_trip")
     except pd.errors.EmptyDataError:
         _fail(path, f"is empty; write it again with {made_by}")
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:

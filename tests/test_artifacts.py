@@ -201,6 +201,16 @@ def test_the_data_folder_files_are_checked(processed_dataset, tmp_path):
         artifacts.read_stats(tmp_path / files.STATS)
 
 
+def test_a_number_is_read_back_exactly_as_it_was_written(tmp_path):
+    # pandas' default parser reads this epoch time, seen in CI, one ULP low: a resumed history.csv would then
+    # disagree with the checkpoint it was resumed from.
+    seconds = 11.390343908999057
+    path = tmp_path / files.HISTORY
+    pd.DataFrame({"epoch": [1], "loss": [0.5], "accuracy": [0.5], "val_loss": [0.5], "val_accuracy": [0.5],
+                  "seconds": [seconds]}).to_csv(path, index=False)
+    assert artifacts.read_history(path)["seconds"].iloc[0] == seconds
+
+
 def test_a_failure_record_with_a_seed_that_is_no_number_is_one_line(tmp_path, capsys):
     folder = tmp_path / "failed"
     folder.mkdir()

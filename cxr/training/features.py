@@ -254,7 +254,7 @@ def saved_head_predictions(model_dir: Path, data_dir: Path, trained: dict) -> tu
         return None
     columns = ["patient_id", "source", "label", "probability"]
     try:
-        table = pd.read_csv(path, dtype={"patient_id": str, "source": str})
+        table = pd.read_csv(path, dtype={"patient_id": str, "source": str}, float_precision="round_trip")
         probabilities = table["probability"].to_numpy(dtype=float)
         val, test = (table[table["split"] == split][columns].reset_index(drop=True) for split in ("val", "test"))
     except (OSError, ValueError, KeyError) as error:
