@@ -1,16 +1,18 @@
 """Training images per second of the project's own model, per backbone at its native size, on whichever Keras
 backend KERAS_BACKEND names: fp32 without compilation against mixed precision with XLA, and the study time that
-projects to against the seed's 226 minutes.
+projects to against the seed's 226 minutes; and the frozen regime's feature extraction (films/s of the backbone's
+forward pass, mixed precision with XLA), projected to one pass over the archive's films.
 
     KERAS_BACKEND=jax python benchmarks/gpu_throughput.py              # the table (one GPU: under 8 minutes)
     KERAS_BACKEND=jax python benchmarks/gpu_throughput.py --concurrent # five trainings at once vs one after another
     python benchmarks/gpu_throughput.py --smoke                        # the same code, tiny, on a CPU (CI)
 
 The model, loss and optimizer are those of `cxr train` (cxr.training.model.build_model, binary cross-entropy,
-Adam), fed random uint8 films already in memory, so the figure is the accelerator's alone: no decoding, no
-input pipeline. Warm-up steps (compilation included) are timed apart; then a fixed number of steps is timed.
-Needs only keras and the cxr source tree (no install, no TensorFlow on JAX): benchmarks/gpu_run.sh runs it on a
-bare GPU machine. docs/performance.md holds the method and the numbers.
+Adam), fed random uint8 films already in memory (the extraction: cxr.training.model.feature_extractor, in batches
+of settings.FEATURE_BATCH_SIZE_GPU as `cxr train --regime frozen` runs it on a GPU), so the figure is the
+accelerator's alone: no decoding, no input pipeline. Warm-up steps (compilation included) are timed apart;
+then a fixed number of steps is timed. Needs only keras and the cxr source tree (no install, no TensorFlow on
+JAX): benchmarks/gpu_run.sh runs it on a bare GPU machine. docs/performance.md holds the method and the numbers.
 """
 
 from __future__ import annotations
@@ -32,14 +34,17 @@ import numpy as np  # noqa: E402
 from cxr import settings  # noqa: E402
 from cxr.devices import backend, limit_gpu_memory, mixed_precision_policy, visible_gpus  # noqa: E402
 from cxr.training.backbones import get_backbone, input_size  # noqa: E402
-from cxr.training.model import build_model  # noqa: E402
+from cxr.training.model import build_model, feature_extractor  # noqa: E402
 
 # The study the projection is for: the seed's 30 epochs over the 5,216 films of the Kaggle train split
 # (docs/decisions.md, "The dataset"), trained one backbone after another in 226 minutes ("The seed study").
 STUDY_EPOCHS = settings.EPOCHS
 TRAIN_FILMS = 5216
 SEED_MINUTES = 226
-MODES = {"mixed": "mixed precision + XLA", "fp32": "fp32, no XLA/jit"}  # in this order: the study's mode first
+ARCHIVE_FILMS = 5856  # the frozen regime extracts every split's films once (docs/decisions.md, "The dataset")
+# In this order: the study's mode first, the frozen regime's extraction before the slow baseline (the --budget
+# may skip the last rows).
+MODES = {"mixed": "mixed precision + XLA", "features": "features, mixed + XLA", "fp32": "fp32, no XLA/jit"}
 
 
 @dataclass
@@ -55,13 +60,16 @@ class Result:
 
 
 def measure(name: str, mode: str, image_size: int, batch_size: int, steps: int, warmup: int) -> Result:
-    """Train `name`'s classifier for `warmup` then `steps` batches of random films; time the latter."""
+    """Train `name`'s classifier (or, mode "features", run its backbone forward) for `warmup` then `steps`
+    batches of random films; time the latter."""
     backbone = get_backbone(name)
     size = input_size(backbone, image_size)
-    policy = mixed_precision_policy() if mode == "mixed" else "float32"
+    policy = "float32" if mode == "fp32" else mixed_precision_policy()
     keras.backend.clear_session()
     keras.mixed_precision.set_global_policy(policy)
     model = build_model(backbone, size, weights="none")
+    if mode == "features":
+        return _measure_features(model, backbone.name, policy, size, batch_size, steps, warmup)
     model.compile(optimizer=keras.optimizers.Adam(settings.LEARNING_RATE), loss="binary_crossentropy",
                   metrics=[keras.metrics.BinaryAccuracy(name="accuracy")], jit_compile=mode == "mixed")
     rng = np.random.default_rng(0)
@@ -80,13 +88,34 @@ def measure(name: str, mode: str, image_size: int, batch_size: int, steps: int, 
                   round(steps * batch_size / seconds, 4))
 
 
+def _measure_features(model: keras.Model, name: str, policy: str, size: int, batch_size: int, steps: int,
+                      warmup: int) -> Result:
+    """The frozen regime's extraction: the backbone in inference mode, compiled, one batch after another."""
+    extractor = feature_extractor(model)
+    extractor.compile(jit_compile=True)
+    films = np.random.default_rng(0).integers(0, 256, (batch_size, size, size, 1), dtype=np.uint8)
+
+    def extract(batches: int) -> float:
+        started = time.perf_counter()
+        for _ in range(batches):
+            np.asarray(extractor.predict_on_batch(films))  # to host memory, as the cache is written
+        return time.perf_counter() - started
+
+    warmup_seconds = extract(warmup) if warmup else 0.0
+    seconds = extract(steps)
+    return Result(name, "features", policy, size, batch_size, steps, round(warmup_seconds, 2),
+                  round(steps * batch_size / seconds, 4))
+
+
 def rate(images_per_second: float) -> str:
     """Tenths on a GPU; thousandths where a CPU smoke run takes a minute per image."""
     return f"{images_per_second:.1f}" if images_per_second >= 10 else f"{images_per_second:.3f}"
 
 
-def study_minutes(images_per_second: float) -> float:
-    return STUDY_EPOCHS * TRAIN_FILMS / images_per_second / 60
+def study_minutes(result: Result) -> float:
+    """Fine-tuning: the seed's epochs over the train split; features: one pass over every film."""
+    films = ARCHIVE_FILMS if result.mode == "features" else STUDY_EPOCHS * TRAIN_FILMS
+    return films / result.images_per_second / 60
 
 
 def print_table(results: list[Result]) -> None:
@@ -94,18 +123,19 @@ def print_table(results: list[Result]) -> None:
           f"{'study min':>9}")
     for r in results:
         print(f"{r.backbone:<12} {r.image_size:>4} {MODES[r.mode]:<24} {r.policy:<15} {r.warmup_seconds:>9.1f} "
-              f"{rate(r.images_per_second):>9} {study_minutes(r.images_per_second):>9.1f}")
+              f"{rate(r.images_per_second):>9} {study_minutes(r):>9.1f}")
     by_mode = {mode: {r.backbone: r for r in results if r.mode == mode} for mode in MODES}
     if by_mode["fp32"] and by_mode["mixed"]:
         print("\nmixed precision + XLA against fp32 without XLA/jit:")
         for name, fast in by_mode["mixed"].items():
             if name in by_mode["fp32"]:
                 print(f"  {name:<12} {fast.images_per_second / by_mode['fp32'][name].images_per_second:6.2f}x")
-    print(f"\nprojected study ({STUDY_EPOCHS} epochs x {TRAIN_FILMS:,} films per backbone; training steps only, "
-          "no validation, no compilation):")
+    print(f"\nprojected study (per backbone: fine-tuning {STUDY_EPOCHS} epochs x {TRAIN_FILMS:,} films, training "
+          f"steps only, no validation; features one pass over {ARCHIVE_FILMS:,} films, the head's seconds not "
+          "counted; no compilation):")
     for mode, rows in by_mode.items():
         if rows:
-            minutes = [study_minutes(r.images_per_second) for r in rows.values()]
+            minutes = [study_minutes(r) for r in rows.values()]
             print(f"  {MODES[mode]:<24} one GPU, one after another: {sum(minutes):8.1f} min "
                   f"({SEED_MINUTES / sum(minutes):6.1f}x the seed's {SEED_MINUTES} min); "
                   f"{len(minutes)} GPUs in parallel: {max(minutes):8.1f} min ({SEED_MINUTES / max(minutes):6.1f}x)")
@@ -151,7 +181,9 @@ def main() -> None:
     parser.add_argument("--backbones", nargs="+", default=list(settings.BACKBONES))
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--image-size", type=int, default=0, help="0: each backbone's native size")
-    parser.add_argument("--batch-size", type=int, default=settings.BATCH_SIZE)
+    parser.add_argument("--batch-size", type=int, default=settings.BATCH_SIZE, help="films per training step")
+    parser.add_argument("--feature-batch-size", type=int, default=settings.FEATURE_BATCH_SIZE_GPU,
+                        help="films per batch of the features mode")
     parser.add_argument("--steps", type=int, default=30, help="timed steps, compiled")
     parser.add_argument("--eager-steps", type=int, default=5, help="timed steps, not compiled (slower)")
     parser.add_argument("--warmup", type=int, default=3, help="steps before timing (compilation); 0: none")
@@ -165,6 +197,7 @@ def main() -> None:
         # Each backbone at its smallest input (InceptionV3 75 px, Xception 71, the others 32); one step each, its
         # compilation included: on a CPU, compiling (or, not compiled, JAX's per-operation dispatch) is most of it.
         args.image_size, args.batch_size, args.steps, args.eager_steps, args.warmup = 1, 2, 1, 1, 0
+        args.feature_batch_size = 2
         # The budget keeps one GPU run short; on a busy CPU it would skip the last backbones, whose code the smoke
         # is there to run.
         args.budget = float("inf")
@@ -182,8 +215,9 @@ def main() -> None:
                 print(f"{name} {MODES[mode]}: skipped, past the --budget of {args.budget:.0f} s", flush=True)
                 continue
             # Not compiled, only the first step traces (TensorFlow) or fills JAX's per-operation cache.
-            steps, warmup = (args.steps, args.warmup) if mode == "mixed" else (args.eager_steps, min(args.warmup, 1))
-            result = measure(name, mode, args.image_size, args.batch_size, steps, warmup)
+            steps, warmup = (args.eager_steps, min(args.warmup, 1)) if mode == "fp32" else (args.steps, args.warmup)
+            batch_size = args.feature_batch_size if mode == "features" else args.batch_size
+            result = measure(name, mode, args.image_size, batch_size, steps, warmup)
             results.append(result)
             print(json.dumps(asdict(result)) if args.json else
                   f"{name} {MODES[mode]}: {rate(result.images_per_second)} images/s", flush=True)

@@ -2,7 +2,8 @@
 fresh process. Timings are printed, never asserted (they measure nothing at smoke size).
 
 The default tier runs the smoke on one backbone; the slow tier (`make test-slow`) on all five and `--concurrent`:
-compiling each backbone twice on JAX is most of a smoke run's time on a CPU."""
+compiling each backbone three times on JAX (training twice, the features once) is most of a smoke run's time on a
+CPU."""
 
 from __future__ import annotations
 
@@ -37,11 +38,14 @@ def _assert_a_row_per_mode_and_the_projection(stdout: str, backbones: list[str])
     assert "Keras 3.15" in stdout and "on jax" in stdout
     number = r"\s+(\d+\.\d+)"
     for backbone in backbones:
-        for mode in ("mixed precision \\+ XLA\\s+mixed_bfloat16", "fp32, no XLA/jit\\s+float32"):
+        for mode in ("mixed precision \\+ XLA\\s+mixed_bfloat16", "features, mixed \\+ XLA\\s+mixed_bfloat16",
+                     "fp32, no XLA/jit\\s+float32"):
             row = re.search(rf"^{backbone}\s+\d+\s+{mode}{number}{number}{number}$", stdout, re.MULTILINE)
             assert row, f"no {mode} row for {backbone}:\n{stdout}"
             assert float(row.group(2)) > 0  # images/s
         assert re.search(rf"^\s+{backbone}\s+\d+\.\d\dx$", stdout, re.MULTILINE)  # mixed vs fp32
+    for mode in ("mixed precision \\+ XLA", "features, mixed \\+ XLA", "fp32, no XLA/jit"):
+        assert re.search(rf"^  {mode}\s+one GPU, one after another:", stdout, re.MULTILINE), mode
     assert re.search(rf"one GPU, one after another:\s+\d+\.\d min .* {len(backbones)} GPUs in parallel:\s+\d+\.\d min",
                      stdout)
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from cxr import settings
 from cxr.training.features import BACKBONE_WEIGHTS, FILM_COLUMNS, FeatureCache, features_file, films_file
-from cxr.training.model import HEAD_LAYERS, backbone_of
+from cxr.training.model import HEAD_LAYERS, backbone_of, feature_extractor
 
 PREDICTION_COLUMNS = ["split", *FILM_COLUMNS, "probability"]
 
@@ -59,10 +59,7 @@ def extract_features(model: keras.Model, data_dir: Path, size: int, batch_size: 
     """Write the features of every split's films (the backbone's output, in inference mode) and the backbone's
     weights into `folder`. An out-of-memory error halves the batch and starts the split again, so a GPU runs
     batches as large as its memory allows."""
-    films = keras.Input(model.input.shape[1:], dtype=model.input.dtype, name="film")
-    # The classifier's own layers up to its backbone, shared: the same preprocessing, the same weights.
-    extractor = keras.Model(films, backbone_of(model)(model.get_layer("preprocess")(films), training=False),
-                            name="feature_extractor")
+    extractor = feature_extractor(model)
     extractor.compile(jit_compile=jit_compile)
     for split in settings.SPLITS:
         while True:

@@ -19,6 +19,14 @@ def backbone_of(model: keras.Model) -> keras.Model:
     return backbone
 
 
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """The classifier's own layers up to its backbone's output, in inference mode: what the frozen regime caches
+    for every film. The layers are shared, so the preprocessing and the weights are the classifier's."""
+    films = keras.Input(model.input.shape[1:], dtype=model.input.dtype, name="film")
+    return keras.Model(films, backbone_of(model)(model.get_layer("preprocess")(films), training=False),
+                       name="feature_extractor")
+
+
 def _build_backbone(backbone: Backbone, keras_weights: str | None, image_size: int) -> keras.Model:
     """The keras.applications backbone; a failed download of its ImageNet weights is one line. Keras raises a
     bare Exception("URL fetch failure on URL: CODE -- REASON") for an HTTP or network error, and a ValueError
