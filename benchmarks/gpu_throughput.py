@@ -176,17 +176,30 @@ def concurrent(backbones: list[str], args: argparse.Namespace) -> None:
     print(f"all at once      : {together:7.1f} s until all are done: {sequential / together:.2f}x")
 
 
+def count(minimum: int):
+    """An argparse type: an integer of at least `minimum`, else argparse's one-line usage error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+    return parse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backbones", nargs="+", default=list(settings.BACKBONES))
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--image-size", type=int, default=0, help="0: each backbone's native size")
-    parser.add_argument("--batch-size", type=int, default=settings.BATCH_SIZE, help="films per training step")
-    parser.add_argument("--feature-batch-size", type=int, default=settings.FEATURE_BATCH_SIZE_GPU,
+    parser.add_argument("--batch-size", type=count(1), default=settings.BATCH_SIZE, help="films per training step")
+    parser.add_argument("--feature-batch-size", type=count(1), default=settings.FEATURE_BATCH_SIZE_GPU,
                         help="films per batch of the features mode")
-    parser.add_argument("--steps", type=int, default=30, help="timed steps, compiled")
-    parser.add_argument("--eager-steps", type=int, default=5, help="timed steps, not compiled (slower)")
-    parser.add_argument("--warmup", type=int, default=3, help="steps before timing (compilation); 0: none")
+    parser.add_argument("--steps", type=count(1), default=30, help="timed steps, compiled")
+    parser.add_argument("--eager-steps", type=count(1), default=5, help="timed steps, not compiled (slower)")
+    parser.add_argument("--warmup", type=count(0), default=3, help="steps before timing (compilation); 0: none")
     parser.add_argument("--budget", type=float, default=420,
                         help="seconds after which no new measurement starts (one GPU run stays under 8 minutes)")
     parser.add_argument("--concurrent", action="store_true", help="N processes sharing the GPU vs one by one")
@@ -214,7 +227,7 @@ def main() -> None:
             if time.perf_counter() - started > args.budget:
                 print(f"{name} {MODES[mode]}: skipped, past the --budget of {args.budget:.0f} s", flush=True)
                 continue
-            # Not compiled, only the first step traces (TensorFlow) or fills JAX's per-operation cache.
+            # fp32 is not compiled: only its first step traces (TensorFlow) or fills JAX's per-operation cache.
             steps, warmup = (args.eager_steps, min(args.warmup, 1)) if mode == "fp32" else (args.steps, args.warmup)
             batch_size = args.feature_batch_size if mode == "features" else args.batch_size
             result = measure(name, mode, args.image_size, batch_size, steps, warmup)

@@ -79,3 +79,17 @@ def test_concurrent_mode_times_trainings_at_once_and_one_after_another():
         assert re.search(rf"^{backbone}\s+\d+\.\d+\s+\d+\.\d+$", stdout, re.MULTILINE), stdout
     assert re.search(r"one after another:\s+\d+\.\d s", stdout)
     assert re.search(r"all at once\s+:\s+\d+\.\d s until all are done: \d+\.\d\dx", stdout)
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--feature-batch-size", "0", "0 is below 1"),
+    ("--steps", "-3", "-3 is below 1"),
+    ("--warmup", "-1", "-1 is below 0"),
+    ("--batch-size", "lots", "'lots' is not a whole number"),
+])
+def test_an_absurd_count_is_one_line_before_any_measurement(option, value, expected):
+    # Before: a batch of 0 films or 0 steps measured 0 images/s and ended in a ZeroDivisionError traceback.
+    result = subprocess.run([sys.executable, "benchmarks/gpu_throughput.py", option, value], cwd=ROOT,
+                            env=_jax_environment(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"gpu_throughput.py: error: argument {option}: {expected}"
