@@ -51,6 +51,30 @@ def processed_dataset(raw_dataset, tmp_path_factory) -> Path:
     return out
 
 
+KILLED_AFTER_EPOCH = """
+import os, signal, sys
+from cxr.cli import main
+from cxr.training import train
+
+after, record = int(sys.argv[1]), train.ResumableTraining.on_epoch_end
+
+def on_epoch_end(self, epoch, logs=None):
+    record(self, epoch, logs)  # the checkpoint of this epoch is on disk
+    if epoch + 1 == after:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+train.ResumableTraining.on_epoch_end = on_epoch_end
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def train_killed_after_epoch(args: list[str], epoch: int) -> subprocess.CompletedProcess:
+    """`cxr ARGS` (a training) as a real process that is killed with SIGKILL right after `epoch` is checkpointed:
+    a preempted pod at a known point, so that no test depends on how fast the machine is."""
+    return subprocess.run([sys.executable, "-c", KILLED_AFTER_EPOCH, str(epoch), *args],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+
+
 def huge_png(width: int = 20_000, height: int = 20_000) -> bytes:
     """A PNG whose header says width x height: what a decompression bomb looks like before it is decoded."""
     def chunk(kind: bytes, data: bytes) -> bytes:

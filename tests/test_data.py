@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from cxr.data.reader import read_split
+from cxr.data.reader import batches_per_epoch, read_epochs, read_split
 
 
 def test_reader_yields_uint8_films_of_the_requested_size(processed_dataset):
@@ -24,8 +24,18 @@ def test_reader_labels_and_patients_match_the_manifest_in_order(processed_datase
     assert labels.tolist() == expected["label"].astype(float).tolist()
 
 
-def test_shuffled_reads_cover_the_split_once_per_epoch_in_a_new_order(processed_dataset):
-    dataset = read_split(processed_dataset, "train", 32, 64, shuffle=True, seed=1, with_metadata=True)
-    epochs = [[s.decode() for b in dataset for s in b["source"].numpy()] for _ in range(2)]
-    assert sorted(epochs[0]) == sorted(epochs[1]) and len(set(epochs[0])) == len(epochs[0])
-    assert epochs[0] != epochs[1]
+def test_each_epoch_covers_the_split_once_in_an_order_of_its_own_that_a_resumed_stream_repeats(processed_dataset):
+    batches = batches_per_epoch(processed_dataset, "train", 8)
+
+    def epochs(first: int, count: int) -> list[list[str]]:
+        stream = iter(read_epochs(processed_dataset, "train", 32, 8, seed=1, first_epoch=first, with_metadata=True))
+        return [[s.decode() for _ in range(batches) for s in next(stream)["source"].numpy()] for _ in range(count)]
+
+    first, second, third = epochs(0, 3)
+    assert sorted(first) == sorted(second) == sorted(third) and len(set(first)) == len(first)
+    assert first != second != third
+    # A training resumed after two epochs reads the third epoch's order, not the first's.
+    assert epochs(2, 1) == [third]
+    assert epochs(0, 1) == [first]  # the same seed, the same orders
+
+

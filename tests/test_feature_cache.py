@@ -4,6 +4,7 @@ The extraction here writes small numpy arrays, so these run in seconds; tests/te
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -101,15 +102,45 @@ def test_a_damaged_cache_is_rebuilt_never_trusted(tmp_path, damage, capsys):
     assert not list(tmp_path.glob("*.damaged-*"))
 
 
+KILLED_EXTRACTION = """
+import os, signal, sys
+from pathlib import Path
+from tests.test_feature_cache import KEY
+from cxr.training import features as fc
+
+def killed(folder):
+    (folder / fc.features_file("train")).write_bytes(b"half written")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+fc.open_cache(Path(sys.argv[1]), KEY, killed)
+"""
+
+
 def test_what_a_killed_extraction_left_is_cleared_and_rebuilt(tmp_path):
-    name = KEY.folder_name()
-    partial = tmp_path / f"{name}.partial-99999"  # a process killed mid-extraction: no rename happened
-    partial.mkdir()
-    np.save(partial / fc.features_file("train"), np.zeros((1, 1, 1, 4), dtype="float32"))
-    assert fc.problem(tmp_path / name, KEY) == "missing"
+    killed = subprocess.run([sys.executable, "-c", KILLED_EXTRACTION, str(tmp_path)], cwd=ROOT, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    (partial,) = tmp_path.glob(f"{KEY.folder_name()}.partial-*")
+    assert fc.problem(tmp_path / KEY.folder_name(), KEY) == "missing"
     calls = []
     cache = fc.open_cache(tmp_path, KEY, fake_extract(calls))
     assert len(calls) == 1 and not partial.exists() and fc.problem(cache.folder, KEY) is None
+
+
+def test_a_users_folder_named_like_a_partial_one_is_never_deleted(tmp_path):
+    mine = tmp_path / f"{KEY.folder_name()}.partial-999"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    cache = fc.open_cache(tmp_path, KEY, fake_extract([]))
+    assert fc.problem(cache.folder, KEY) is None and (mine / "notes.txt").read_text() == "mine"
+
+
+def test_a_cache_that_lost_its_meta_json_is_rebuilt(tmp_path, capsys):
+    first = fc.open_cache(tmp_path, KEY, fake_extract([]))
+    (first.folder / fc.META).unlink()
+    calls = []
+    again = fc.open_cache(tmp_path, KEY, fake_extract(calls))
+    assert len(calls) == 1 and fc.problem(again.folder, KEY) is None
+    assert f"the feature cache {first.folder} is damaged (no meta.json); rebuilding it" in capsys.readouterr().err
 
 
 def test_an_extraction_that_fails_leaves_nothing(tmp_path):
@@ -137,37 +168,45 @@ def test_a_features_root_that_is_a_file_is_one_clear_error(tmp_path):
         fc.open_cache(tmp_path / "file", KEY, fake_extract([]))
 
 
-SLOW_EXTRACTION = """
+HELD_EXTRACTION = """
 import sys, time
 from pathlib import Path
 from tests.test_feature_cache import KEY, fake_extract
 from cxr.training import features as fc
-log = Path(sys.argv[2])
+log, go = Path(sys.argv[2]), Path(sys.argv[3])
 
-def slow(folder):
+def held(folder):
     with log.open("a") as handle:
         handle.write("extracted\\n")
-    time.sleep(3)
+    while not go.exists():  # the lock is held until the test says go
+        time.sleep(0.02)
     fake_extract([])(folder)
 
-cache = fc.open_cache(Path(sys.argv[1]), KEY, slow)
+cache = fc.open_cache(Path(sys.argv[1]), KEY, held)
 print("reused" if cache.reused else "built")
 """
 
 
 def test_two_trainings_filling_one_cache_do_not_race(tmp_path):
-    """Two real processes at once: one extracts, the other waits on the lock and then reuses its work."""
-    log = tmp_path / "log"
-    command = [sys.executable, "-c", SLOW_EXTRACTION, str(tmp_path / "features"), str(log)]
+    """Two real processes: the first holds the lock while it extracts, and goes on only once the second has
+    said it waits; the second then reuses the first one's work. The order is forced, not left to the scheduler."""
+    log, go = tmp_path / "log", tmp_path / "go"
+    command = [sys.executable, "-c", HELD_EXTRACTION, str(tmp_path / "features"), str(log), str(go)]
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while not log.is_file() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        time.sleep(0.02)
+    assert log.is_file(), first.communicate(timeout=60)
+    second = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    said = ""
+    while "waiting for another training" not in said and (line := second.stderr.readline()):  # blocks meanwhile
+        said += line
+    assert "waiting for another training to finish extracting" in said, said
+    go.touch()
     out, _ = first.communicate(timeout=120)
-    assert first.returncode == 0 and second.returncode == 0, second.stderr
-    assert out.strip() == "built" and second.stdout.strip() == "reused"
-    assert "waiting for another training to finish extracting" in second.stderr
+    second_out, second_err = second.communicate(timeout=120)
+    assert first.returncode == 0 and second.returncode == 0, second_err
+    assert out.strip() == "built" and second_out.strip() == "reused"
     assert log.read_text() == "extracted\n"  # once
 
 

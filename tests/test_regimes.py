@@ -15,10 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr import files
+from cxr import artifacts, files
 from cxr.cli import main
 from cxr.training import features as fc
+from cxr.training.plan import flag
 from cxr.training.train import TrainSettings, train
+from tests.conftest import train_killed_after_epoch
 
 FROZEN = dict(backbone="mobilenet", image_size=32, weights="none", batch_size=16, learning_rate=1e-3, patience=3,
               regime="frozen")
@@ -126,6 +128,30 @@ def test_a_second_seed_reuses_the_cache_without_rewriting_it(frozen_run, process
     assert not list(cache.parent.glob("*.partial-*"))
     head = pd.read_csv(root / "seed2" / files.HEAD_PREDICTIONS)
     assert not np.allclose(head["probability"], pd.read_csv(root / "seed1" / files.HEAD_PREDICTIONS)["probability"])
+
+
+@pytest.mark.timeout(600)  # two `cxr train` processes
+def test_a_frozen_training_killed_during_its_heads_training_ends_as_the_uninterrupted_one(frozen_run,
+                                                                                          processed_dataset, tmp_path):
+    """kill -9 the same command as frozen_run's training right after the head's first epoch, and run it again:
+    the remaining epochs read the batches and dropout draws the uninterrupted training read, so the history and
+    the head's predictions are frozen_run's."""
+    root, _ = frozen_run
+    options = {**FROZEN, "epochs": 3, "seed": 1}
+    args = ["train", "--data", str(processed_dataset), "--out", str(tmp_path / "run"),
+            "--checkpoint", str(tmp_path / "checkpoint"), "--features", str(root / "checkpoints" / "features"),
+            *[str(v) for name, value in options.items() for v in (flag(name), value)]]
+    killed = train_killed_after_epoch(args, epoch=1)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = subprocess.run([CXR, *args], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming MobileNet after epoch 1" in resumed.stderr and "reusing cached features" in resumed.stderr
+    columns = ["loss", "accuracy", "val_loss", "val_accuracy"]
+    history, uninterrupted = (artifacts.read_history(folder / files.HISTORY) for folder in (tmp_path / "run",
+                                                                                             root / "seed1"))
+    np.testing.assert_allclose(history[columns].to_numpy(), uninterrupted[columns].to_numpy(), rtol=1e-5)
+    head, expected = (pd.read_csv(folder / files.HEAD_PREDICTIONS) for folder in (tmp_path / "run", root / "seed1"))
+    np.testing.assert_allclose(head["probability"], expected["probability"], atol=1e-6)
 
 
 def test_the_pipelines_export_pairs_each_result_with_its_own_regimes_model(frozen_run, processed_dataset, tmp_path):

@@ -8,9 +8,11 @@ after its key and holding:
     train.csv val.csv test.csv     patient_id, source, label of each row
     backbone.weights.h5            the backbone that computed them (a random one, for weights none, is kept too)
     meta.json                      the key, the format and every file's size and SHA-256
+    .cxr-feature-cache             written first: marks the folder as cxr's, complete or not
 
-It is written into `<name>.partial-<pid>/`, which is renamed into place only once complete (an atomic rename):
-a process killed while extracting leaves a partial folder, never a cache. Every use checks meta.json's key and
+It is written into `<name>.partial-<random>/`, which is renamed into place only once complete (an atomic rename):
+a process killed while extracting leaves a partial folder, never a cache. Only folders holding the marker are ever
+cleared or rebuilt: one of the user's that merely has a matching name is left alone. Every use checks meta.json's key and
 every file's size and SHA-256 first; a cache that fails the check is rebuilt, never read. Builders take an
 exclusive flock on `<name>.lock` (the lock dies with its process): a second training that needs the same cache
 waits for the first and then reuses its work. Readers take no lock: a published cache is never modified, and one
@@ -28,6 +30,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,6 +46,7 @@ from cxr.outputs import make_folder
 
 FORMAT = 1  # the layout's version: a cache of another format is rebuilt, never misread
 META = "meta.json"
+MARKER = ".cxr-feature-cache"  # the first file of every folder this module makes
 BACKBONE_WEIGHTS = "backbone.weights.h5"
 FILM_COLUMNS = ["patient_id", "source", "label"]
 _CHUNK = 1 << 20
@@ -199,16 +203,23 @@ def _exclusive(lock_path: Path, what: str) -> Iterator[None]:
         yield  # closing the file releases the lock
 
 
+def _ours(folder: Path) -> bool:
+    """Whether cxr made `folder`: it holds the marker written first, or (caches older than the marker) meta.json."""
+    return (folder / MARKER).is_file() or (folder / META).is_file()
+
+
 def _clear(root: Path, name: str, folder: Path, reason: str) -> None:
-    """Remove what a killed extraction left (partial folders) and a damaged cache; called under the lock."""
+    """Remove what a killed extraction left (its partial folders) and a damaged cache; called under the lock, so
+    no other extraction of this key is running. A folder without cxr's marker is the user's: never removed."""
     for leftover in root.glob(f"{name}.partial-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+        if leftover.is_dir() and not leftover.is_symlink() and _ours(leftover):
+            shutil.rmtree(leftover, ignore_errors=True)
     if folder.exists():
-        if not (folder / META).is_file():  # never ours: a published cache always has meta.json
+        if folder.is_symlink() or not folder.is_dir() or not _ours(folder):
             raise UserError(f"--features {root}: {folder.name} is not a feature cache cxr wrote; move it away")
         print(f"train: the feature cache {folder} is damaged ({reason}); rebuilding it", file=sys.stderr)
-        aside = root / f"{name}.damaged-{os.getpid()}"
-        os.rename(folder, aside)  # readers that opened it keep their files until they close them
+        aside = Path(tempfile.mkdtemp(prefix=f"{name}.damaged-", dir=root))
+        os.rename(folder, aside / folder.name)  # readers that opened it keep their files until they close them
         shutil.rmtree(aside, ignore_errors=True)
 
 
@@ -228,8 +239,10 @@ def open_cache(root: Path, key: FeatureKey, extract: Callable[[Path], None]) -> 
             print(f"train: reusing cached features {folder}", file=sys.stderr, flush=True)
             return FeatureCache(folder, key, reused=True, seconds=0.0)
         _clear(root, name, folder, reason)
-        partial = root / f"{name}.partial-{os.getpid()}"
-        partial.mkdir()
+        # A fresh name: never one of the user's folders, nor a leftover that a killed process of the same pid left.
+        partial = Path(tempfile.mkdtemp(prefix=f"{name}.partial-", dir=root))
+        partial.chmod(0o755)  # mkdtemp's 0700 would hide a published cache from the volume's other users
+        (partial / MARKER).write_text(json.dumps({"format": FORMAT, "key": asdict(key)}, indent=1))
         print(f"train: extracting {key.backbone} features at {key.image_size} px into {folder}", file=sys.stderr,
               flush=True)
         started = time.monotonic()

@@ -90,18 +90,21 @@ def head_model(model: keras.Model, features: np.ndarray) -> keras.Model:
 
 
 class FeatureBatches(keras.utils.PyDataset):
-    """(features, labels) batches from a memory-mapped cache, in a new order each epoch when `seed` is given
-    (numpy arrays: every Keras backend reads them)."""
+    """(features, labels) batches from a memory-mapped cache (numpy arrays: every Keras backend reads them).
+
+    With a `seed`, each epoch has its own order, a function of the seed and the epoch alone, so a training resumed
+    at epoch k sees the batches the uninterrupted one saw; EpochOrder tells it which epoch is starting.
+    """
 
     def __init__(self, features: np.ndarray, labels: np.ndarray, batch_size: int, seed: int | None = None):
         super().__init__()
-        self.features, self.labels, self.batch_size = features, labels.astype("float32"), batch_size
-        self.rng = np.random.default_rng(seed) if seed is not None else None
-        self.order = self._order()
+        self.features, self.labels, self.batch_size, self.seed = features, labels.astype("float32"), batch_size, seed
+        self.start_epoch(0)
 
-    def _order(self) -> np.ndarray:
+    def start_epoch(self, epoch: int) -> None:
         count = len(self.labels)
-        return self.rng.permutation(count) if self.rng is not None else np.arange(count)
+        self.order = (np.random.default_rng([self.seed, epoch]).permutation(count) if self.seed is not None
+                      else np.arange(count))
 
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
@@ -111,8 +114,17 @@ class FeatureBatches(keras.utils.PyDataset):
         chosen = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
         return np.asarray(self.features[chosen]), self.labels[chosen]
 
-    def on_epoch_end(self) -> None:
-        self.order = self._order()
+
+class EpochOrder(keras.callbacks.Callback):
+    """Sets the epoch of `batches` as Keras begins it (before the epoch's first batch is read): Keras counts
+    epochs from fit's initial_epoch, so a resumed training continues the same sequence of orders."""
+
+    def __init__(self, batches: FeatureBatches):
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.batches.start_epoch(epoch)
 
 
 def head_predictions(head: keras.Model, cache: FeatureCache, batch_size: int) -> pd.DataFrame:

@@ -20,7 +20,7 @@ import keras
 import pandas as pd
 
 from cxr import files, provenance, settings
-from cxr.data.reader import read_split, split_counts
+from cxr.data.reader import batches_per_epoch, read_epochs, read_split, split_counts
 from cxr.devices import backend, limit_gpu_memory, mixed_precision_policy, select_device
 from cxr.errors import UserError
 from cxr.outputs import claim, write_atomically
@@ -52,6 +52,12 @@ def _save_weights_atomically(model: keras.Model, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _random_states(model: keras.Model) -> list[keras.Variable]:
+    """The state of each random generator in `model` (its dropout's): not part of its weights, so a checkpoint
+    keeps them apart, and a resumed training draws what the uninterrupted one would have."""
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
 class ResumableTraining(keras.callbacks.Callback):
     """Early stopping on val_loss with the best weights restored, and everything needed to resume.
 
@@ -80,10 +86,14 @@ class ResumableTraining(keras.callbacks.Callback):
                 or state["epochs_done"] >= self.epochs)
 
     def restore(self, model: keras.Model) -> None:
-        """Load the last epoch's model and optimizer state, when there is one."""
+        """Load the last epoch's model and optimizer state, when there is one, and where the random draws of its
+        layers (dropout) had got to."""
         if self.state["epochs_done"]:
             model.optimizer.build(model.trainable_variables)
             model.load_weights(self.folder / "last.weights.h5")
+            # Checkpoints written before the states were kept resume with fresh ones.
+            for variable, value in zip(_random_states(model), self.state.get("random_states", []), strict=False):
+                variable.assign(value)
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self._started = time.monotonic()
@@ -112,6 +122,7 @@ class ResumableTraining(keras.callbacks.Callback):
                 state["stopped_epoch"] = epoch + 1
                 self.model.stop_training = True
         _save_weights_atomically(self.model, self.folder / "last.weights.h5")
+        state["random_states"] = [keras.ops.convert_to_numpy(v).tolist() for v in _random_states(self.model)]
         write_atomically(self.state_file, json.dumps(state, indent=1))
         print(f"epoch {epoch + 1}/{self.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} | "
               f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} | {seconds:.1f} s, "
@@ -185,16 +196,21 @@ class Data:
     trainee: keras.Model  # the whole classifier (finetune) or its head alone (frozen)
     train: object  # a tf.data.Dataset or a keras.utils.PyDataset
     val: object
+    steps_per_epoch: int | None = None  # for an endless stream of epochs; None: one pass of `train` is an epoch
+    callbacks: list[keras.callbacks.Callback] = dataclasses.field(default_factory=list)
     cache: FeatureCache | None = None
 
 
-def _finetune_data(run: Run) -> Data:
+def _finetune_data(run: Run, first_epoch: int) -> Data:
+    """The whole classifier, fed the train split's epochs from `first_epoch` on (the orders an uninterrupted
+    training reads)."""
     options = run.options
     model = build_model(get_backbone(options.backbone), run.size, dense_units=options.dense_units,
                         dropout=options.dropout, weights=options.weights)
     read = dict(data_dir=run.data_dir, image_size=run.size, batch_size=options.batch_size)
-    return Data(model, read_split(split="train", shuffle=True, seed=options.seed, **read),
-                read_split(split="val", **read))
+    return Data(model, read_epochs(split="train", seed=options.seed, first_epoch=first_epoch, **read),
+                read_split(split="val", **read),
+                steps_per_epoch=batches_per_epoch(run.data_dir, "train", options.batch_size))
 
 
 def _frozen_data(run: Run, xla: bool) -> tuple[keras.Model, Data]:
@@ -224,10 +240,11 @@ def _frozen_data(run: Run, xla: bool) -> tuple[keras.Model, Data]:
         frozen.load_backbone(model, cache)
     head = frozen.head_model(model, cache.features("train"))
     train_films, val_films = cache.films("train"), cache.films("val")
-    data = Data(head, frozen.FeatureBatches(cache.features("train"), train_films["label"].to_numpy(),
-                                            options.batch_size, seed=options.seed),
+    batches = frozen.FeatureBatches(cache.features("train"), train_films["label"].to_numpy(), options.batch_size,
+                                    seed=options.seed)
+    data = Data(head, batches,
                 frozen.FeatureBatches(cache.features("val"), val_films["label"].to_numpy(), options.batch_size),
-                cache)
+                callbacks=[frozen.EpochOrder(batches)], cache=cache)
     return model, data
 
 
@@ -242,16 +259,16 @@ def _fit(run: Run) -> tuple[keras.Model, dict, pd.DataFrame | None]:
     keras.mixed_precision.set_global_policy(mixed_precision_policy() if mixed else "float32")
     keras.utils.set_random_seed(options.seed)
 
+    train_images = sum(run.counts["train"].values())
+    tracker = ResumableTraining(run.checkpoint, options.patience, options.epochs, train_images)
     if options.regime == "frozen":
         model, data = _frozen_data(run, xla)
     else:
-        data = _finetune_data(run)
+        data = _finetune_data(run, first_epoch=tracker.state["epochs_done"])
         model = data.trainee
     trainee = data.trainee
     trainee.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss="binary_crossentropy",
                     metrics=[keras.metrics.BinaryAccuracy(name="accuracy")], jit_compile=xla)
-    train_images = sum(run.counts["train"].values())
-    tracker = ResumableTraining(run.checkpoint, options.patience, options.epochs, train_images)
     tracker.restore(trainee)
     if tracker.state["epochs_done"]:
         print(f"train: resuming {name} after epoch {tracker.state['epochs_done']}", file=sys.stderr)
@@ -261,8 +278,9 @@ def _fit(run: Run) -> tuple[keras.Model, dict, pd.DataFrame | None]:
 
     if not tracker.finished:
         trainee.fit(data.train, validation_data=data.val, epochs=options.epochs,
-                    initial_epoch=tracker.state["epochs_done"], class_weight=class_weights(run.counts["train"]),
-                    callbacks=[tracker], shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
+                    initial_epoch=tracker.state["epochs_done"], steps_per_epoch=data.steps_per_epoch,
+                    class_weight=class_weights(run.counts["train"]), callbacks=[*data.callbacks, tracker],
+                    shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
 
     state = tracker.state
     if state["diverged_epoch"] is not None:
