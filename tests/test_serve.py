@@ -207,7 +207,7 @@ BAD_REQUESTS = {
     "not base64": (_request(lambda s, f: s.v1({"instances": [{"b64": "this is not base64!"}]})), 400,
                    "instance 0: not base64"),
     "not an image": (_request(lambda s, f: s.v1({"instances": [{"b64": base64.b64encode(b"notes").decode()}]})),
-                     400, "instance 0: not an image"),
+                     400, "instance 0: not a JPEG or PNG image"),
     "too large to decode": (_request(lambda s, f: s.v1({"instances": [{"b64": base64.b64encode(huge_png())
                                                                        .decode()}]})), 400, "too large to decode"),
     "one bad film among good ones": (_request(lambda s, f: s.v1({"instances": [

@@ -1,6 +1,6 @@
 """`cxr export`: a TensorFlow SavedModel that serves encoded films, for TF Serving and KServe.
 
-The signature `serving_default` takes `image_bytes`, a batch of JPEG, PNG, GIF or BMP files as strings (in TF
+The signature `serving_default` takes `image_bytes`, a batch of JPEG or PNG files as strings (in TF
 Serving's REST API: `{"instances": [{"b64": "..."}]}`), and returns, per film, `probability` (P(pneumonia),
 float32), `decision` (NORMAL or PNEUMONIA at the validation threshold, baked in) and `error` (empty, or why the
 film was not read; its probability is then NaN and its decision empty). One bad film never fails the others, and
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cxr import artifacts, files, provenance, settings
-from cxr.data.images import MAX_PIXELS
+from cxr.data.images import MAX_PIXELS, NOT_JPEG_OR_PNG
 from cxr.devices import require_tensorflow
 from cxr.errors import UserError
 from cxr.outputs import claim
@@ -31,7 +31,7 @@ INPUT_NAME = "image_bytes"
 VERSION = "1"  # TF Serving loads numbered versions under the model's base path
 
 
-# The first bytes of the two formats the graph decodes its own way, as PIL does (GIF and BMP go to decode_image).
+# The first bytes of the two formats every way into a model reads (cxr.data.images.FORMATS).
 JPEG_MAGIC, PNG_MAGIC = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
 
 
@@ -67,11 +67,11 @@ def _grayscale_uint8(data, size: int):
         low, high = tf.reduce_min(pixels), tf.reduce_max(pixels)
         return tf.cast(tf.round(tf.math.divide_no_nan((pixels - low) * 255.0, high - low)), tf.uint8)
 
-    def other():
-        return tf.io.decode_image(data, channels=1, dtype=tf.uint8, expand_animations=False)
+    def png8():
+        return tf.io.decode_png(data, channels=1, dtype=tf.uint8)
 
     is_png16 = tf.logical_and(_starts_with(data, PNG_MAGIC), tf.equal(tf.strings.substr(data, 24, 1), b"\x10"))
-    image = tf.case([(_starts_with(data, JPEG_MAGIC), jpeg), (is_png16, png16)], default=other, exclusive=True)
+    image = tf.case([(_starts_with(data, JPEG_MAGIC), jpeg), (is_png16, png16)], default=png8, exclusive=True)
     image.set_shape([None, None, 1])
     return image
 
@@ -86,8 +86,8 @@ def _luminance(rgb):
 
 
 def _header_pixels(data):
-    """width x height of an encoded film, from its header alone (int64; -1 for a format the graph does not
-    decode). Raises on a header too short or damaged to read: the caller drops such films."""
+    """width x height of an encoded film, from its header alone (int64; -1 for a format other than JPEG and
+    PNG). Raises on a header too short or damaged to read: the caller drops such films."""
     import tensorflow as tf
 
     def number(position: int, length: int, big_endian: bool):
@@ -102,15 +102,7 @@ def _header_pixels(data):
     def png():  # IHDR: width, height as 4-byte big-endian numbers from byte 16
         return number(16, 4, True) * number(20, 4, True)
 
-    def gif():  # logical screen: width, height as 2-byte little-endian numbers from byte 6
-        return number(6, 2, False) * number(8, 2, False)
-
-    def bmp():  # BITMAPINFOHEADER: width, height as 4-byte little-endian numbers from byte 18 (height signed)
-        height = number(22, 4, False)
-        return number(18, 4, False) * tf.where(height >= 2 ** 31, 2 ** 32 - height, height)
-
-    return tf.case([(_starts_with(data, JPEG_MAGIC), jpeg), (_starts_with(data, PNG_MAGIC), png),
-                    (_starts_with(data, b"GIF8"), gif), (_starts_with(data, b"BM"), bmp)],
+    return tf.case([(_starts_with(data, JPEG_MAGIC), jpeg), (_starts_with(data, PNG_MAGIC), png)],
                    default=lambda: tf.constant(-1, tf.int64), exclusive=True)
 
 
@@ -177,7 +169,7 @@ def serving_function(model, prep: Preprocessing, threshold: float):
         too_large = f"too large to decode safely (more than {MAX_PIXELS:,} pixels)"
         reason = tf.where(tf.equal(tf.strings.length(image_bytes), 0), "empty file",
                           tf.where(header == -2, "corrupt image: its header cannot be read",
-                          tf.where(header == -1, "not a JPEG, PNG, GIF or BMP image",
+                          tf.where(header == -1, NOT_JPEG_OR_PNG,
                                    tf.where(header > MAX_PIXELS, too_large,
                                             "corrupt image: it cannot be decoded"))))
         return {"probability": probability, "decision": decision, "error": tf.where(ok, "", reason)}
@@ -228,7 +220,7 @@ def _export(model_dir: Path, out: Path, threshold: float, record: dict) -> Path:
     archive.write_out(str(target), verbose=False)
     (out / "cxr_export.json").write_text(json.dumps({
         "model_dir": str(model_dir), "threshold": threshold, **prep.__dict__, "provenance": record,
-        "signature": {"inputs": {INPUT_NAME: "string [batch]: JPEG, PNG, GIF or BMP bytes"},
+        "signature": {"inputs": {INPUT_NAME: "string [batch]: JPEG or PNG bytes"},
                       "outputs": {"probability": "float32 [batch]: NaN where error is set",
                                   "decision": "string [batch]: NORMAL or PNEUMONIA, empty where error is set",
                                   "error": "string [batch]: empty, or why the film was not read"}}}, indent=2))
