@@ -27,6 +27,9 @@ NOT_JPEG_OR_PNG = "not a JPEG or PNG image"
 # Rows converted at a time: a strip of an 8,000-pixel-wide film is a few MB, whatever the film's height.
 STRIP_ROWS = 256
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+# The most a film needs while it decodes, in bytes a pixel: the decoded film (4 for RGBA, CMYK or 32-bit modes, 2
+# for 16-bit, 1 for 8-bit grayscale) plus the 8-bit grayscale film (1); a strip's temporaries are not counted.
+DECODE_BYTES_PER_PIXEL = 5
 
 
 class UnreadableImage(Exception):

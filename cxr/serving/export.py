@@ -185,9 +185,11 @@ def export(model_dir: Path, out: Path, result_dir: Path | None = None, threshold
     _refuse_inside(out, model_dir, "--model")
     if result_dir is not None:
         _refuse_inside(out, Path(result_dir), "--result")
-    require_tensorflow("export", "a SavedModel is a TensorFlow graph")
+    # The settings first: a wrong --threshold or --model is one line before TensorFlow loads, and leaves --out
+    # free for the right one.
     threshold = find_threshold(model_dir, result_dir, threshold)
-    read_preprocessing(model_dir)  # before the claim: a wrong --model leaves --out free for the right one
+    read_preprocessing(model_dir)
+    require_tensorflow("export", "a SavedModel is a TensorFlow graph")
     with claim(out, "export", {"model": str(model_dir.resolve()), "threshold": threshold}) as output:
         if output.finished and (out / VERSION / "saved_model.pb").is_file():
             print(f"export: {out} already holds this export; reusing it", file=sys.stderr)
