@@ -1,16 +1,20 @@
 """`cxr serve` under load on loopback, against in-process prediction of the same films in the same run.
 
-    python benchmarks/serve_load.py --model DIR [--clients 4] [--requests 200] [--films-per-request 1]
-                                    [--height 1500] [--seconds 60]
+    python benchmarks/serve_load.py --model DIR [--clients 8] [--requests 200] [--batches 1 16] [--height 1500]
+                                    [--seconds 60]
 
-Starts `cxr serve` on a free 127.0.0.1 port and, once it is ready, measures two things on the same request
-bodies: the baseline, one process doing what the server does for a request without HTTP (decode, one batch
-through the model, the decision: cxr.serving.trained, as `cxr predict`), one request after another; then N
-client threads sending v1 requests over keep-alive connections. Prints the server's start-up time, then
-requests/s, films/s, p50/p95/p99 latency and errors (exit 1 unless 0). Bounded twice: at most --requests per
-phase, and both phases together send nothing new --seconds after the server is ready (the baseline has at most
-half of it; a request under way still finishes, within REQUEST_TIMEOUT). The start-up (TensorFlow's import and
-the model's load, 20-40 s on the development machine) comes before, limited to START_TIMEOUT.
+Starts `cxr serve` on a free 127.0.0.1 port and, once it is ready, for each batch size (films per request):
+
+- the baseline, one process doing what the server does for a request without HTTP (decode, one batch through the
+  model, the decision: cxr.serving.trained, as `cxr predict`), one request after another;
+- N client threads sending v2 requests over keep-alive connections, the films as base64 JSON, then the same
+  films in the binary tensor extension (tritonclient's default), with binary outputs.
+
+Prints, per phase, requests/s, films/s, p50/p95/p99 latency, errors, and the server's peak memory during the phase
+(VmHWM of /proc/PID/status, reset before each phase through /proc/PID/clear_refs), then each HTTP phase's films/s
+as a ratio of the baseline's. Bounded: at most --requests per phase and --seconds per phase (a request under way
+still finishes, within REQUEST_TIMEOUT). The start-up (TensorFlow's import and the model's load) comes before,
+limited to START_TIMEOUT. Exit 1 when a request failed.
 
 Films are synthetic (cxr.data.synth) JPEGs at the archive's resolution: each request decodes full-size films.
 """
@@ -23,10 +27,12 @@ import itertools
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +42,8 @@ from cxr.data.synth import draw_film, encode_film
 from cxr.serving.trained import decide, decode_bytes, load_model, probabilities_of, read_preprocessing
 
 NAME = "load"
-REQUEST_TIMEOUT = 30  # seconds a client waits for one answer; longer is an error
-START_TIMEOUT = 180  # seconds for the server to become ready
+REQUEST_TIMEOUT = 60  # seconds a client waits for one answer; longer is an error
+START_TIMEOUT = 300  # seconds for the server to become ready
 
 
 def free_port() -> int:
@@ -48,12 +54,37 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def summary(label: str, latencies: list[float], seconds: float, films_per_request: int, errors: int | None) -> str:
+def peak_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+
+
+def reset_peak(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM back to the current resident size
+
+
+def summary(label: str, latencies: list[float], seconds: float, films_per_request: int, errors: int | None,
+            peak: float | None) -> str:
     ms = np.percentile(np.asarray(latencies) * 1000, [50, 95, 99]) if latencies else [float("nan")] * 3
     rate = len(latencies) / seconds if seconds > 0 else float("nan")
-    return (f"{label:<22} {len(latencies):5d} requests in {seconds:6.1f} s: {rate:7.1f} requests/s "
-            f"({rate * films_per_request:7.1f} films/s); latency p50 {ms[0]:7.1f} ms, p95 {ms[1]:7.1f} ms, "
-            f"p99 {ms[2]:7.1f} ms" + ("" if errors is None else f"; errors {errors}"))
+    return (f"{label:<34} {len(latencies):4d} requests in {seconds:5.1f} s: {rate:6.1f} requests/s "
+            f"({rate * films_per_request:6.1f} films/s); p50 {ms[0]:7.1f} ms, p95 {ms[1]:7.1f} ms, "
+            f"p99 {ms[2]:7.1f} ms" + ("" if errors is None else f"; errors {errors}")
+            + ("" if peak is None else f"; server peak {peak:.0f} MB"))
+
+
+def json_body(films: list[bytes]) -> tuple[bytes, dict]:
+    body = {"inputs": [{"name": "image_bytes", "shape": [len(films)], "datatype": "BYTES",
+                        "data": [base64.b64encode(f).decode() for f in films]}]}
+    return json.dumps(body).encode(), {"Content-Type": "application/json"}
+
+
+def binary_body(films: list[bytes]) -> tuple[bytes, dict]:
+    raw = b"".join(struct.pack("<I", len(f)) + f for f in films)
+    header = json.dumps({"inputs": [{"name": "image_bytes", "shape": [len(films)], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(raw)}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    return header + raw, {"Inference-Header-Content-Length": str(len(header))}
 
 
 def start_server(model: Path, port: int) -> subprocess.Popen:
@@ -76,7 +107,6 @@ def wait_until_ready(process: subprocess.Popen, port: int, deadline: float) -> N
 
 def in_process(model, prep, bodies: list[list[bytes]], deadline: float) -> tuple[list[float], float]:
     """The server's work per request without HTTP: decode, one batch, the decision."""
-    probabilities_of(model, [decode_bytes(bodies[0][0], prep)], 1)  # traced before timing, as the server does
     latencies, started = [], time.perf_counter()
     for films in bodies:
         if time.monotonic() >= deadline:
@@ -88,7 +118,8 @@ def in_process(model, prep, bodies: list[list[bytes]], deadline: float) -> tuple
     return latencies, time.perf_counter() - started
 
 
-def over_http(url: str, payloads: list[bytes], clients: int, deadline: float) -> tuple[list[float], float, int]:
+def over_http(url: str, payloads: list[tuple[bytes, dict]], clients: int,
+              deadline: float) -> tuple[list[float], float, int]:
     """`clients` threads, each with its own keep-alive session, taking the next request until none is left."""
     latencies, errors, lock, queue = [], [0], threading.Lock(), itertools.count()
 
@@ -100,9 +131,8 @@ def over_http(url: str, payloads: list[bytes], clients: int, deadline: float) ->
                     return
                 begun = time.perf_counter()
                 try:
-                    response = session.post(url, data=payloads[index], timeout=REQUEST_TIMEOUT,
-                                            headers={"Content-Type": "application/json"})
-                    ok = response.status_code == 200
+                    body, headers = payloads[index]
+                    ok = session.post(url, data=body, headers=headers, timeout=REQUEST_TIMEOUT).status_code == 200
                 except requests.RequestException:
                     ok = False
                 with lock:
@@ -123,51 +153,52 @@ def over_http(url: str, payloads: list[bytes], clients: int, deadline: float) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, type=Path, help="a `cxr train` folder")
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--requests", type=int, default=200, help="per phase")
-    parser.add_argument("--films-per-request", type=int, default=1)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=200, help="at most, per phase")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="films per request, one run each")
     parser.add_argument("--height", type=int, default=1500, help="film height in pixels (archive: 1000-2500)")
-    parser.add_argument("--seconds", type=float, default=60,
-                        help="both measured phases end within this, after the start-up")
+    parser.add_argument("--seconds", type=float, default=60, help="at most, per phase")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     rng = np.random.default_rng(0)
     distinct = [encode_film(draw_film(rng, kind), args.height, rgb=False) for kind in ("normal", "bacteria", "virus")
                 for _ in range(4)]
-    bodies = [[distinct[(i * args.films_per_request + j) % len(distinct)] for j in range(args.films_per_request)]
-              for i in range(args.requests)]
-    payloads = [json.dumps({"instances": [{"b64": base64.b64encode(f).decode()} for f in films]}).encode()
-                for films in bodies]
     port, started = free_port(), time.monotonic()
     server = start_server(args.model, port)
+    failed = 0
     try:
-        # The baseline's model loads while the server starts: both within the time limit.
+        # The baseline's model loads while the server starts.
         prep, model = read_preprocessing(args.model), load_model(args.model)
+        probabilities_of(model, [decode_bytes(distinct[0], prep)], 1)  # traced before timing, as the server does
         wait_until_ready(server, port, started + START_TIMEOUT)
-        ready = time.monotonic()
-        print(f"serve_load: {args.model} on 127.0.0.1:{port}, ready {ready - started:.1f} s after "
-              f"start; {args.requests} requests of {args.films_per_request} film(s) ({args.height} px JPEG, mean "
-              f"{np.mean([len(f) for f in distinct]) / 1000:.0f} KB); {args.clients} clients; {os.cpu_count()} "
-              f"CPU cores shared by server, clients and baseline (load average {os.getloadavg()[0]:.1f})")
-        baseline, baseline_seconds = in_process(model, prep, bodies, ready + args.seconds / 2)
-        print(summary("in-process predict", baseline, baseline_seconds, args.films_per_request, None))
-        served, served_seconds, errors = over_http(f"http://127.0.0.1:{port}/v1/models/{NAME}:predict", payloads,
-                                                   args.clients, ready + args.seconds)
-        print(summary(f"cxr serve, {args.clients} clients", served, served_seconds, args.films_per_request, errors))
+        print(f"serve_load: {args.model} ({prep.image_size} px input) on 127.0.0.1:{port}, ready "
+              f"{time.monotonic() - started:.1f} s after start; films {args.height} px JPEG, mean "
+              f"{np.mean([len(f) for f in distinct]) / 1000:.0f} KB; {args.clients} clients; {os.cpu_count()} CPU "
+              f"cores shared by server, clients and baseline (load average {os.getloadavg()[0]:.1f}); server at "
+              f"{peak_mb(server.pid):.0f} MB after start-up")
+        url = f"http://127.0.0.1:{port}/v2/models/{NAME}/infer"
+        for per_request in args.batches:
+            bodies = [[distinct[(i * per_request + j) % len(distinct)] for j in range(per_request)]
+                      for i in range(args.requests)]
+            baseline, baseline_seconds = in_process(model, prep, bodies, time.monotonic() + args.seconds)
+            print(summary(f"in-process, {per_request} film(s)", baseline, baseline_seconds, per_request, None, None))
+            encodings: dict[str, Callable] = {"JSON (base64)": json_body, "binary extension": binary_body}
+            for label, encode in encodings.items():
+                payloads = [encode(films) for films in bodies]
+                reset_peak(server.pid)
+                served, seconds, errors = over_http(url, payloads, args.clients, time.monotonic() + args.seconds)
+                failed += errors
+                print(summary(f"cxr serve, {per_request} film(s), {label}", served, seconds, per_request, errors,
+                              peak_mb(server.pid)))
+                if baseline and served:
+                    print(f"  ratio: {(len(served) / seconds) / (len(baseline) / baseline_seconds):.2f}x the "
+                          f"in-process films/s; p50 latency {np.median(served) / np.median(baseline):.2f}x")
     finally:
         server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
-    if baseline and served:
-        ratio = (len(served) / served_seconds) / (len(baseline) / baseline_seconds)
-        print(f"ratio: cxr serve gives {ratio:.2f}x the in-process requests/s; p50 latency "
-              f"{np.median(served) / np.median(baseline):.2f}x")
-    for label, done in (("in-process", len(baseline)), ("cxr serve", len(served) + errors)):
-        if done < args.requests:
-            print(f"serve_load: {label}: {args.requests - done} of {args.requests} request(s) not sent within "
-                  f"--seconds {args.seconds:g}")
-    if errors:
-        print(f"serve_load: {errors} request(s) failed", file=sys.stderr)
+        server.wait(timeout=60)
+    if failed:
+        print(f"serve_load: {failed} request(s) failed", file=sys.stderr)
         sys.exit(1)
 
 

@@ -93,7 +93,6 @@ def _explain(args: argparse.Namespace) -> None:
 
 def _predict(args: argparse.Namespace) -> None:
     from cxr.serving.predict import check_output, predict_files, write_predictions
-
     if args.out is not None:
         check_output(args.out)
     table = predict_files(args.model, args.films, result_dir=args.result, threshold=args.threshold,
@@ -311,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"cxr {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C (or `cxr serve`'s SIGTERM while loading): one line, not a traceback
+        print(f"cxr {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -167,6 +167,17 @@ SERVE_MAX_INSTANCES = BATCH_SIZE
 # Request bodies above this are refused before they are read: SERVE_MAX_INSTANCES films of 1.5 MB (about 7x the
 # archive's mean JPEG, 1.2 GB over 5,856 films) in base64 (4/3) is 64 MB. CXR_SERVE_MAX_BODY_BYTES overrides it.
 SERVE_MAX_BODY_BYTES = int(os.environ.get("CXR_SERVE_MAX_BODY_BYTES", str(64 * 1024 * 1024)))
+# Films decoded at once, over all requests: a film needs up to 5 bytes a pixel while it decodes (cxr.data.images),
+# so at the 64-megapixel limit two films need at most 640 MB whatever a request holds; two keep both of the
+# 2-core development machine's cores decoding. CXR_SERVE_DECODE_SLOTS overrides it (docs/serving.md, "Memory").
+SERVE_DECODE_SLOTS = int(os.environ.get("CXR_SERVE_DECODE_SLOTS", "2"))
+# Seconds a client may take to send the next part of a request body: a client that stalls mid-request gets a
+# 408 then, instead of holding a connection (and shutdown) forever. 64 MB at 10 Mbit/s arrives in chunks far
+# more often than that. CXR_SERVE_READ_TIMEOUT overrides it.
+SERVE_READ_TIMEOUT = float(os.environ.get("CXR_SERVE_READ_TIMEOUT", "10"))
+# Seconds SIGTERM waits for requests under way before closing their connections: Kubernetes' default
+# terminationGracePeriodSeconds is 30, and the server must be gone before the kubelet's SIGKILL.
+SERVE_GRACE_SECONDS = 20
 
 # --- Containers and the pipeline ---------------------------------------------------------------------------
 

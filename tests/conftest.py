@@ -84,6 +84,23 @@ def huge_png(width: int = 20_000, height: int = 20_000) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + chunk(b"IEND", b""))
 
 
+@pytest.fixture(scope="session")
+def film_formats(tmp_path_factory) -> dict[str, Path]:
+    """One small film in each format a user may send, by PIL's format name: JPEG and PNG are read, the rest are
+    refused (cxr.data.images.FORMATS)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("formats")
+    film = Image.fromarray(np.tile(np.linspace(20, 230, 80), (64, 1)).astype(np.uint8), mode="L")
+    written = {}
+    for kind, suffix in (("JPEG", "jpeg"), ("PNG", "png"), ("GIF", "gif"), ("BMP", "bmp"), ("TIFF", "tiff"),
+                         ("WEBP", "webp")):
+        written[kind] = folder / f"film.{suffix}"
+        film.save(written[kind], format=kind)
+    return written
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -162,7 +162,7 @@ def test_a_bad_film_gets_its_reason_and_the_others_are_answered(exported, raw_da
 
     serve = tf.saved_model.load(str(exported / "1")).signatures["serving_default"]
     good = [f.read_bytes() for f in sorted(raw_dataset.glob("test/*/*.jpeg"))[:2]]
-    bad = {b"": "empty file", b"not an image at all": "not a JPEG, PNG, GIF or BMP image",
+    bad = {b"": "empty file", b"not an image at all": "not a JPEG or PNG image",
            good[0][:300]: "corrupt image", huge_png(): "too large to decode safely",
            b"\x89PNG\r\n\x1a\n": "corrupt image"}
     outputs = serve(image_bytes=tf.constant([good[0], *bad, good[1]]))
@@ -185,5 +185,17 @@ def test_an_empty_batch_gets_empty_outputs_and_a_batch_of_bad_films_their_reason
     assert {name: tensor.shape for name, tensor in outputs.items()} == {"probability": (0,), "decision": (0,),
                                                                          "error": (0,)}
     outputs = serve(image_bytes=tf.constant([b"junk", b""]))  # no film to give the model
-    assert [e.decode() for e in outputs["error"].numpy()] == ["not a JPEG, PNG, GIF or BMP image", "empty file"]
+    assert [e.decode() for e in outputs["error"].numpy()] == ["not a JPEG or PNG image", "empty file"]
     assert np.isnan(outputs["probability"].numpy()).all()
+
+
+def test_the_savedmodel_reads_and_refuses_the_formats_predict_reads_and_refuses(exported, film_formats):
+    """The same formats as `cxr predict` and `cxr serve` (tests/test_serve.py), refused with the same reason."""
+    import tensorflow as tf
+
+    from cxr.data.images import NOT_JPEG_OR_PNG
+
+    serve = tf.saved_model.load(str(exported / "1")).signatures["serving_default"]
+    outputs = serve(image_bytes=tf.constant([path.read_bytes() for path in film_formats.values()]))
+    errors = dict(zip(film_formats, (e.decode() for e in outputs["error"].numpy()), strict=True))
+    assert errors == {kind: "" if kind in ("JPEG", "PNG") else NOT_JPEG_OR_PNG for kind in film_formats}

@@ -61,7 +61,7 @@ def test_large_jpeg_is_decoded_at_reduced_scale_to_the_same_picture():
 
 @pytest.mark.parametrize(("data", "reason"), [
     (b"", "empty file"),
-    (b"this is a text file, not an x-ray\n", "not an image"),
+    (b"this is a text file, not an x-ray\n", "not a JPEG or PNG image"),
 ])
 def test_non_images_are_refused_with_a_reason(data, reason):
     with pytest.raises(UnreadableImage, match=reason):
@@ -72,3 +72,21 @@ def test_truncated_jpeg_is_refused():
     data = _encoded(Image.fromarray(_gradient(400, 300).astype(np.uint8)), "JPEG")
     with pytest.raises(UnreadableImage, match="corrupt"):
         decode_resized(data[: len(data) // 2], 32)
+
+
+def test_sixteen_bit_films_are_stretched_strip_by_strip_to_the_whole_films_range():
+    """The strips share the film's range: a film whose top strip is dark and bottom strip bright keeps both."""
+    from cxr.data.images import STRIP_ROWS, to_grayscale
+
+    rows = np.linspace(400, 3400, STRIP_ROWS * 3).astype(np.uint16)
+    film = np.repeat(rows[:, None], 40, axis=1)
+    expected = np.round((film.astype(np.float64) - 400) * (255 / 3000)).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(to_grayscale(Image.fromarray(film))), expected)
+    np.testing.assert_array_equal(np.asarray(to_grayscale(Image.fromarray(film.astype(np.int32)))), expected)
+
+
+@pytest.mark.parametrize("kind", ["GIF", "BMP", "TIFF", "WEBP"])
+def test_formats_other_than_jpeg_and_png_are_refused_with_one_reason(kind):
+    data = _encoded(Image.fromarray(_gradient(64, 48).astype(np.uint8), mode="L"), kind)
+    with pytest.raises(UnreadableImage, match="^not a JPEG or PNG image$"):
+        decode_resized(data, 32)

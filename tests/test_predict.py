@@ -65,7 +65,7 @@ def test_unreadable_files_get_a_row_with_the_reason(trained, raw_dataset, tmp_pa
         assert row["error"] == "" and 0 <= float(row["probability"]) <= 1 and row["decision"] in ("NORMAL", "PNEUMONIA")
     assert "corrupt" in table.loc[str(truncated), "error"]
     assert table.loc[str(empty), "error"] == "empty file"
-    assert table.loc[str(text), "error"] == "not an image"
+    assert table.loc[str(text), "error"] == "not a JPEG or PNG image"
     assert "No such file" in table.loc[str(tmp_path / "missing.jpeg"), "error"]
     assert (table.loc[[str(truncated), str(empty), str(text)], "decision"] == "").all()
 
@@ -119,7 +119,7 @@ def test_nothing_predictable_is_one_line_and_no_output(trained, tmp_path, capsys
     cases = {
         str(empty): f"{empty} holds no film",
         str(tmp_path / "*.jpeg"): "nothing to predict: none of the 1 film(s) can be read",  # a glob that matched none
-        str(unreadable): "broken.jpeg: not an image",
+        str(unreadable): "broken.jpeg: not a JPEG or PNG image",
     }
     for argument, message in cases.items():
         out = tmp_path / "out.csv"

@@ -62,7 +62,7 @@ def test_broken_files_are_skipped_and_reported_never_fatal(raw_dataset, tmp_path
     reasons = {item["file"]: item["reason"] for item in stats["skipped"]}
     assert set(reasons) == {f"train/NORMAL/IM-900{i}-0001.jpeg" for i in (1, 2, 3)}
     assert reasons["train/NORMAL/IM-9001-0001.jpeg"] == "empty file"
-    assert reasons["train/NORMAL/IM-9003-0001.jpeg"] == "not an image"
+    assert reasons["train/NORMAL/IM-9003-0001.jpeg"] == "not a JPEG or PNG image"
     manifest = pd.read_csv(tmp_path / "out" / "manifest.csv")
     assert "train/NORMAL/IM-9004-0001.jpeg" in set(manifest["source"])
     assert not manifest["source"].isin(reasons).any()

@@ -24,6 +24,7 @@ import requests
 from PIL import Image
 
 from cxr.cli import main
+from cxr.data.images import NOT_JPEG_OR_PNG
 from tests.conftest import free_port, huge_png
 
 # The first test to run builds the module's server: one training, one prediction and the server's start-up.
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.timeout(600)
 
 NAME = "cxr-pneumonia"
 BODY_LIMIT = 1_000_000  # CXR_SERVE_MAX_BODY_BYTES of the test server: a body over it is quick to send
+READ_TIMEOUT = 3  # CXR_SERVE_READ_TIMEOUT of the test server: a stalled client is answered soon
 START_TIMEOUT = 300  # seconds for TensorFlow's import and the model's load on a busy 2-core machine
 
 
@@ -87,7 +89,7 @@ class Server:
 def server(trained, threshold, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "stderr.log"
-    env = {**os.environ, "CXR_SERVE_MAX_BODY_BYTES": str(BODY_LIMIT)}
+    env = {**os.environ, "CXR_SERVE_MAX_BODY_BYTES": str(BODY_LIMIT), "CXR_SERVE_READ_TIMEOUT": str(READ_TIMEOUT)}
     with log.open("w") as stderr:
         process = subprocess.Popen(
             [str(Path(sys.executable).with_name("cxr")), "serve", "--model", str(trained), "--threshold",
@@ -163,14 +165,15 @@ def test_v2_answers_what_predict_prints(server, trained, films, threshold, tmp_p
     np.testing.assert_allclose(outputs["probability"]["data"], expected["probability"], atol=1e-4, rtol=0)
     assert outputs["decision"]["data"] == expected["decision"].tolist()
 
-    # The binary tensor extension: kserve 0.21 decodes binary BYTES as UTF-8 (a 500 echoing the film's bytes),
-    # so it is refused up front, with what to send instead.
+
+
+def _binary_v2(films) -> tuple[bytes, dict]:
+    """The binary tensor extension as tritonclient sends it: no Content-Type, the JSON header's length."""
     raw = b"".join(struct.pack("<I", len(data)) + data for data in (Path(f).read_bytes() for f in films))
     header = json.dumps({"inputs": [{"name": "image_bytes", "shape": [len(films)], "datatype": "BYTES",
-                                     "parameters": {"binary_data_size": len(raw)}}]}).encode()
-    response = server.v2(header + raw, headers={"Content-Type": "application/octet-stream",
-                                                 "Inference-Header-Content-Length": str(len(header))})
-    assert response.status_code == 415 and "base64" in response.json()["error"], response.text
+                                     "parameters": {"binary_data_size": len(raw)}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    return header + raw, {"Inference-Header-Content-Length": str(len(header))}
 
 
 def _declared_too_large(server: Server, films=None):
@@ -207,7 +210,7 @@ BAD_REQUESTS = {
     "not base64": (_request(lambda s, f: s.v1({"instances": [{"b64": "this is not base64!"}]})), 400,
                    "instance 0: not base64"),
     "not an image": (_request(lambda s, f: s.v1({"instances": [{"b64": base64.b64encode(b"notes").decode()}]})),
-                     400, "instance 0: not an image"),
+                     400, "instance 0: not a JPEG or PNG image"),
     "too large to decode": (_request(lambda s, f: s.v1({"instances": [{"b64": base64.b64encode(huge_png())
                                                                        .decode()}]})), 400, "too large to decode"),
     "one bad film among good ones": (_request(lambda s, f: s.v1({"instances": [
@@ -220,7 +223,7 @@ BAD_REQUESTS = {
     "a v2 input that is not BYTES": (_request(lambda s, f: s.v2({"inputs": [{"name": "image_bytes", "shape": [1],
                                                                              "datatype": "FP32", "data": [1.0]}]})),
                                      400, "must be BYTES"),
-    "not JSON": (_request(lambda s, f: s.v1(b'{"instances": [')), 400, "Unrecognized request format"),
+    "not JSON": (_request(lambda s, f: s.v1(b'{"instances": [')), 400, "not JSON"),
     "a body declared over the limit": (_declared_too_large, 413, "split the batch"),
     "a chunked body over the limit": (_chunked_too_large, 413, "split the batch"),
     "a wrong content type": (_request(lambda s, f: s.v1(_v1_body(f[:1]), headers={"Content-Type": "text/plain"})),
@@ -243,6 +246,196 @@ def test_a_bad_request_gets_its_4xx_and_the_next_request_is_answered(server, fil
     assert good.status_code == 200 and len(good.json()["predictions"]) == 2, good.text
 
 
+def _text(values) -> list[str]:
+    """tritonclient's BYTES: bytes from binary outputs, str from JSON ones."""
+    return [v.decode() if isinstance(v, bytes) else v for v in values]
+
+
+def test_tritonclient_and_kserves_client_get_what_predict_prints(server, trained, films, threshold, tmp_path,
+                                                                 monkeypatch):
+    """The Open Inference Protocol's clients as users run them: tritonclient's HTTP client finds the input in the
+    model's metadata and sends the films as binary BYTES (its default) or as base64 JSON, without a Content-Type;
+    KServe's InferenceRESTClient sends v1 and v2 JSON. Each gets `cxr predict`'s probabilities."""
+    import asyncio
+
+    import tritonclient.http as triton
+
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])  # kserve parses sys.argv when imported
+    from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+    expected = _predicted(trained, films, threshold, tmp_path)
+    client = triton.InferenceServerClient(f"127.0.0.1:{server.port}", network_timeout=120)
+    metadata = client.get_model_metadata(NAME)
+    [declared] = metadata["inputs"]
+    assert (declared["datatype"], declared["shape"], metadata["platform"]) == ("BYTES", [-1], "keras")
+    assert [(o["name"], o["datatype"]) for o in metadata["outputs"]] == [("probability", "FP32"),
+                                                                          ("decision", "BYTES")]
+    answers = {}
+    for binary in (True, False):
+        tensor = triton.InferInput(declared["name"], [len(films)], "BYTES")
+        encoded = [Path(f).read_bytes() if binary else _b64(f) for f in films]
+        tensor.set_data_from_numpy(np.array(encoded, dtype=object), binary_data=binary)
+        outputs = [triton.InferRequestedOutput(name, binary_data=binary) for name in ("probability", "decision")]
+        result = client.infer(NAME, [tensor], outputs=outputs)
+        answers[f"tritonclient, binary {binary}"] = (result.as_numpy("probability"),
+                                                     _text(result.as_numpy("decision")))
+    result = client.infer(NAME, [tensor])  # no output asked for: tritonclient asks for every one in binary
+    answers["tritonclient, default outputs"] = (result.as_numpy("probability"), _text(result.as_numpy("decision")))
+
+    async def kserve_clients():
+        v1 = InferenceRESTClient(RESTConfig(protocol="v1", timeout=120))
+        answer = await v1.infer(server.url, _v1_body(films), model_name=NAME)
+        answers["kserve v1"] = ([p["probability"] for p in answer["predictions"]],
+                                [p["decision"] for p in answer["predictions"]])
+        v2 = InferenceRESTClient(RESTConfig(protocol="v2", timeout=120))
+        request = InferRequest(model_name=NAME, infer_inputs=[
+            InferInput(declared["name"], [len(films)], "BYTES", data=[_b64(f) for f in films])])
+        answer = await v2.infer(server.url, request, model_name=NAME)
+        outputs = {output.name: output for output in answer.outputs}
+        answers["kserve v2"] = (outputs["probability"].data, _text(outputs["decision"].data))
+        await v1.close()
+        await v2.close()
+
+    asyncio.run(kserve_clients())
+    for client_name, (probabilities, decisions) in answers.items():
+        np.testing.assert_allclose(np.asarray(probabilities, np.float64), expected["probability"], atol=1e-4,
+                                   rtol=0, err_msg=client_name)
+        assert decisions == expected["decision"].tolist(), client_name
+
+
+def test_json_is_taken_with_any_content_type_a_client_sends_for_it(server, films):
+    body = json.dumps(_v1_body(films[:1]))
+    for content_type in ("application/json; charset=utf-8", "Application/JSON", None):
+        headers = {"Content-Type": content_type} if content_type else {}
+        response = requests.post(f"{server.url}/v1/models/{NAME}:predict", data=body.encode(), headers=headers,
+                                 timeout=120)
+        assert response.status_code == 200, (content_type, response.text)
+    body, headers = _binary_v2(films[:2])
+    response = server.v2(body, headers={**headers, "Content-Type": "application/octet-stream"})
+    assert response.status_code == 200 and "Inference-Header-Content-Length" in response.headers, response.text
+
+
+def test_base64_with_line_breaks_is_taken(server, films):
+    import textwrap
+
+    wrapped = "\n".join(textwrap.wrap(_b64(films[0]), 76)) + "\n"  # `base64` without -w0
+    response = server.v1({"instances": [{"b64": wrapped}]})
+    expected = server.v1(_v1_body(films[:1]))
+    assert response.status_code == 200, response.text
+    assert response.json() == expected.json()
+
+
+MALFORMED_V2 = {
+    "a shape that is not a list": {"name": "image_bytes", "shape": "1", "datatype": "BYTES"},
+    "no datatype": {"name": "image_bytes", "shape": [1]},
+    "a shape that does not match the data": {"name": "image_bytes", "shape": [3], "datatype": "BYTES"},
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_V2))
+def test_a_malformed_v2_request_is_a_400_that_does_not_echo_it(server, films, case):
+    film = _b64(films[0])
+    response = server.v2({"inputs": [{**MALFORMED_V2[case], "data": [film]}]})
+    assert response.status_code == 400 and set(response.json()) == {"error"}, response.text[:500]
+    assert film[:64] not in response.text and len(response.content) < 1000
+
+
+def test_what_the_server_does_not_serve_is_a_4xx_and_one_log_line(server, films):
+    before = server.log.read_text().count("\n")
+    wrong = {
+        "an unknown model, v1": (requests.post(f"{server.url}/v1/models/nobody:predict", json=_v1_body(films[:1]),
+                                               timeout=60), 404),
+        "an unknown model, v2": (requests.post(f"{server.url}/v2/models/nobody/infer", json=_v2_body(films[:1]),
+                                               timeout=60), 404),
+        "an unknown model's metadata": (requests.get(f"{server.url}/v2/models/nobody", timeout=60), 404),
+        "a GET on :predict": (requests.get(f"{server.url}/v1/models/{NAME}:predict", timeout=60), 405),
+        "a GET on infer": (requests.get(f"{server.url}/v2/models/{NAME}/infer", timeout=60), 405),
+        "an explanation": (requests.post(f"{server.url}/v1/models/{NAME}:explain", json=_v1_body(films[:1]),
+                                         timeout=60), 501),
+    }
+    for case, (response, status) in wrong.items():
+        assert (response.status_code, "error" in response.json()) == (status, True), (case, response.text)
+    log = server.log.read_text().splitlines()[before:]
+    refusals = [line for line in log if "refused (" in line]
+    assert len(refusals) == len(wrong) and not any("Traceback" in line for line in log), log
+
+
+def test_metrics_count_every_answer_by_endpoint_and_status(server, films):
+    def count(endpoint: str, status: int) -> float:
+        text = requests.get(f"{server.url}/metrics", timeout=60).text
+        line = f'cxr_serve_requests_total{{endpoint="{endpoint}",status="{status}"}} '
+        return next((float(row[len(line):]) for row in text.splitlines() if row.startswith(line)), 0.0)
+
+    before = {key: count(*key) for key in (("v1_predict", 200), ("v1_predict", 400), ("v1_predict", 415),
+                                           ("v2_infer", 413))}
+    server.v1(_v1_body(films[:1]))
+    server.v1({"instances": [{"b64": "%%%"}]})
+    server.v1(_v1_body(films[:1]), headers={"Content-Type": "text/plain"})
+    server.v2(_v2_body([films[0]] * 33))
+    assert {key: count(*key) - value for key, value in before.items()} == {
+        ("v1_predict", 200): 1, ("v1_predict", 400): 1, ("v1_predict", 415): 1, ("v2_infer", 413): 1}
+
+
+def _stall(server: Server, before_answer=lambda: None) -> str:
+    """Send half a request, stall, and return the answer (its head and body) as text."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=120) as stalled:
+        stalled.sendall(f"POST /v1/models/{NAME}:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: 1000\r\n\r\n{{\"instances\": ".encode())
+        before_answer()
+        response = http.client.HTTPResponse(stalled)
+        response.begin()
+        return f"{response.status} {response.read().decode()}"
+
+
+def test_a_client_that_stalls_mid_request_gets_a_408(server):
+    answer = _stall(server)
+    assert answer.startswith("408") and "stalled" in answer, answer
+
+
+def test_every_format_is_read_or_refused_as_predict_reads_or_refuses_it(server, trained, film_formats, tmp_path):
+    """predict, serve (and, in tests/test_export.py, the SavedModel) take JPEG and PNG and refuse the others
+    with one reason."""
+    table = _predicted(trained, film_formats.values(), 0.5, tmp_path)
+    for (kind, path), (_, row) in zip(film_formats.items(), table.iterrows(), strict=True):
+        response = server.v1(_v1_body([path]))
+        if kind in ("JPEG", "PNG"):
+            assert row["error"] == "" and response.status_code == 200, (kind, response.text)
+            assert abs(response.json()["predictions"][0]["probability"] - float(row["probability"])) < 1e-4
+        else:
+            assert row["error"] == NOT_JPEG_OR_PNG, kind
+            assert (response.status_code, response.json()["error"]) == (
+                400, f"1 of 1 film(s) refused, nothing predicted: instance 0: {NOT_JPEG_OR_PNG}"), kind
+
+
+def _peak_bytes(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
+
+
+@pytest.mark.slow
+def test_sixteen_bit_films_at_the_pixel_limit_decode_within_the_stated_memory(server, tmp_path):
+    """Three requests at once, each a 7,990 x 7,990 16-bit PNG (under the 64-megapixel limit): the server's peak
+    memory grows by at most SERVE_DECODE_SLOTS films of DECODE_BYTES_PER_PIXEL bytes a pixel (docs/serving.md).
+    Before: one such film took 1.5 GB in float64 arrays, and each request decoded on its own thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cxr import settings
+    from cxr.data.images import DECODE_BYTES_PER_PIXEL
+
+    side = 7990
+    film = tmp_path / "wide16.png"
+    row = (np.arange(side, dtype=np.uint32) * 3000 // side + 500).astype(np.uint16)
+    Image.fromarray(np.ascontiguousarray(np.broadcast_to(row, (side, side)))).save(film)
+    Path(f"/proc/{server.process.pid}/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current size
+    start = _peak_bytes(server.process.pid)
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda _: server.v1(_v1_body([film])), range(3)))
+    assert [a.status_code for a in answers] == [200] * 3, answers[0].text
+    growth = _peak_bytes(server.process.pid) - start
+    bound = settings.SERVE_DECODE_SLOTS * DECODE_BYTES_PER_PIXEL * side * side
+    assert growth <= bound, f"peak grew {growth / 1e6:.0f} MB, over the stated {bound / 1e6:.0f} MB"
+
+
 def test_a_port_in_use_or_a_model_folder_without_a_model_is_one_line(trained, tmp_path, capsys):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -259,12 +452,98 @@ def test_a_port_in_use_or_a_model_folder_without_a_model_is_one_line(trained, tm
     assert exited.value.code == 2
 
 
-def test_sigterm_ends_it_cleanly(server):
-    server.process.send_signal(signal.SIGTERM)
-    assert server.process.wait(timeout=60) == 0
-    assert "Shutting down" in server.log.read_text()
+def test_settings_that_need_no_model_are_one_line_before_tensorflow_loads(trained, tmp_path):
+    """--host with a password (never printed back), a --name that is not a URL path segment, --threshold and
+    --out: refused before TensorFlow is imported, in one line."""
+    cases = {
+        ("serve", "--host", "http://admin:S3CRET-PASSWORD@127.0.0.1:8080"): "--host must be an address",
+        ("serve", "--name", "a b?#"): "--name must be letters, digits",
+        ("export", "--threshold", "2", "--out", str(tmp_path / "export")): "--threshold must be in [0, 1]",
+        ("predict", "--out", str(tmp_path / "missing" / "x.csv"), str(trained)): "does not exist; create it",
+    }
+    for (command, *options), message in cases.items():
+        run = subprocess.run(
+            [sys.executable, "-c", "import sys; from cxr.cli import main; code = main(sys.argv[1:]); "
+             "print('tensorflow' in sys.modules); sys.exit(code)", command, "--model", str(trained), *options],
+            capture_output=True, text=True, timeout=300)
+        assert (run.returncode, run.stdout.strip()) == (2, "False"), (command, options, run.stderr)
+        assert run.stderr.count("\n") == 1 and message in run.stderr, run.stderr
+        assert "S3CRET" not in run.stderr + run.stdout
+
+
+def test_an_unfinished_training_or_evaluation_and_wrong_model_folders_each_get_their_line(
+        trained, processed_dataset, tmp_path, capsys):
+    import shutil
+
+    from cxr.outputs import RECORD
+
+    running = tmp_path / "running"
+    shutil.copytree(trained, running)
+    records = json.loads((running / RECORD).read_text())
+    records["train"]["finished"] = False
+    (running / RECORD).write_text(json.dumps(records))
+    evaluating = tmp_path / "evaluating"
+    shutil.copytree(trained, evaluating)
+    records = json.loads((evaluating / RECORD).read_text())
+    records["evaluate"]["finished"] = False
+    (evaluating / RECORD).write_text(json.dumps(records))
+    evaluation = tmp_path / "evaluation"
+    evaluation.mkdir()
+    shutil.copy(trained / "metrics.json", evaluation)
+    film = str(next(processed_dataset.parent.glob("**/*.jpeg"), trained / "model.keras"))
+    unfinished_training = "its training has not finished"
+    commands = {
+        ("predict", "--model", str(running), "--threshold", "0.5", film): unfinished_training,
+        ("export", "--model", str(running), "--threshold", "0.5", "--out", str(tmp_path / "e")): unfinished_training,
+        ("serve", "--model", str(running), "--threshold", "0.5", "--port", "0"): unfinished_training,
+        ("evaluate", "--data", str(processed_dataset), "--model", str(running), "--out", str(tmp_path / "v")):
+            unfinished_training,
+        ("explain", "--data", str(processed_dataset), "--model", str(running), "--result", str(trained), "--out",
+         str(tmp_path / "x")): unfinished_training,
+        ("predict", "--model", str(trained), "--result", str(evaluating), film): "its evaluation has not finished",
+        ("serve", "--model", str(tmp_path / "nowhere"), "--threshold", "0.5"): "does not exist",
+        ("serve", "--model", str(trained / "model.keras"), "--threshold", "0.5"): "is a file",
+        ("serve", "--model", str(evaluation), "--threshold", "0.5"): "is the folder of `cxr evaluate`",
+    }
+    for argv, message in commands.items():
+        assert main(list(argv)) == 2, argv
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and message in error, (argv, error)
+
+
+def test_sigterm_ends_it_cleanly_even_with_a_stalled_client(server):
+    """A client that sent half a request is answered 408 within the read timeout, and SIGTERM ends the server,
+    exit 0, the stalled request never holding it (before: 33 s, then a 500)."""
+    def sigterm_while_under_way():
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+
+    answer = _stall(server, sigterm_while_under_way)
+    assert answer.startswith("408"), answer
+    assert server.process.wait(timeout=120) == 0
+    log = server.log.read_text()
+    assert "Shutting down" in log and "Traceback" not in log
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{server.url}/v2/health/ready", timeout=5)
+
+
+@pytest.mark.slow
+def test_ctrl_c_or_sigterm_while_the_model_loads_is_one_line(trained):
+    for sent, code in ((signal.SIGINT, 130), (signal.SIGTERM, 130)):
+        port = free_port()
+        process = subprocess.Popen([str(Path(sys.executable).with_name("cxr")), "serve", "--model", str(trained),
+                                    "--threshold", "0.5", "--port", str(port)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:  # the port is bound before the model loads
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        process.send_signal(sent)
+        out, err = process.communicate(timeout=START_TIMEOUT)
+        assert (process.returncode, err.strip().splitlines()[-1:]) == (code, ["cxr serve: interrupted"]), err
+        assert "Traceback" not in err and "serving" not in out
 
 
 def test_the_inferenceservice_runs_cxr_serve_in_the_projects_image():

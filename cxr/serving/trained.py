@@ -17,6 +17,7 @@ import numpy as np
 
 from cxr import artifacts, files, provenance, settings
 from cxr.errors import UserError
+from cxr.outputs import RECORD, unfinished
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,24 @@ def write_preprocessing(model_dir: Path, data_dir: Path, image_size: int) -> Non
     (Path(model_dir) / files.PREPROCESSING).write_text(json.dumps(prep.__dict__, indent=2))
 
 
+def check_model_folder(model_dir: Path) -> None:
+    """--model is the folder of a finished `cxr train`, or one line saying what it is instead: missing, a file,
+    a training still running or stopped (its output record says unfinished), an evaluation's folder."""
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise UserError(f"--model {model_dir} does not exist: give the --out folder of `cxr train`")
+    if not model_dir.is_dir():
+        raise UserError(f"--model {model_dir} is a file: give the --out folder of `cxr train`, not a file in it")
+    if unfinished(model_dir, "train"):
+        raise UserError(f"--model {model_dir}: its training has not finished (its {RECORD} says so): "
+                        "wait for `cxr train` to end, or rerun it on the same --out to resume")
+    if not (model_dir / files.MODEL).exists() and (model_dir / files.METRICS).is_file():
+        raise UserError(f"--model {model_dir} is the folder of `cxr evaluate`: give --model the folder of `cxr "
+                        "train` (and this one as --result)")
+
+
 def read_preprocessing(model_dir: Path) -> Preprocessing:
+    check_model_folder(model_dir)
     path = Path(model_dir) / files.PREPROCESSING
     if not path.is_file():
         raise UserError(f"missing {path}: --model must be a folder `cxr train` wrote (retrain models older than "
@@ -51,6 +69,7 @@ def load_model(model_dir: Path):
     from cxr.training.model import build_model
 
     model_dir = Path(model_dir)
+    check_model_folder(model_dir)
     for name in (files.MODEL, files.TRAIN_METRICS):
         if not (model_dir / name).is_file():
             raise UserError(f"missing {model_dir / name}: --model must be a folder `cxr train` wrote")
@@ -75,11 +94,15 @@ def find_threshold(model_dir: Path, result_dir: Path | None = None, threshold: f
     """The decision threshold: `threshold` when given, else `thresholds.validation` of result_dir's metrics.json,
     else of a metrics.json in model_dir (train and evaluate writing to one folder). A result of another model's
     evaluation is refused in one line naming both (cxr.provenance)."""
+    check_model_folder(model_dir)
     if threshold is not None:
         if not 0 <= threshold <= 1:
             raise UserError(f"--threshold must be in [0, 1], got {threshold}")
         return float(threshold)
     folder = Path(result_dir) if result_dir is not None else Path(model_dir)
+    if unfinished(folder, "evaluate"):
+        raise UserError(f"{folder}: its evaluation has not finished (its {RECORD} says so): wait for "
+                        "`cxr evaluate` to end, or rerun it")
     path = folder / files.METRICS
     if not path.is_file():
         raise UserError(f"no {files.METRICS} in {folder}: pass --result (the --out folder of `cxr evaluate`) or "
