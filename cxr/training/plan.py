@@ -95,7 +95,7 @@ class TrainSettings:
 def check_weights(weights: str) -> None:
     """Refuse, before any work, a --weights that names no usable file: a missing path, or a whole saved model
     (.keras), whose layers are not a backbone's and would be refused only after Keras printed every mismatch."""
-    if weights.lower() in ("imagenet", "none") or weights.startswith("gs://"):
+    if weights.lower() in (*settings.PRETRAINED, "none") or weights.startswith("gs://"):
         return
     path = Path(weights)
     if path.suffix == ".keras":
