@@ -50,6 +50,9 @@ def test_the_registry_names_the_three_with_their_presets():
     assert [get_backbone(name).native_size for name in HUB] == [224, 224, 448]
     assert weights.hub_preset("ResNet50") is None and weights.every_preset(["ResNet50", "MedSigLIP"]) == [
         "medsiglip_900m_448"]
+    from cxr.training.plan import plan_runs  # the pipeline's `backbones` takes them, in any letter case
+
+    assert [run["backbone"] for run in plan_runs(["dinov2small", "DINOv2Base", "medsiglip"], [1], ["frozen"])] == HUB
 
 
 @pytest.mark.parametrize("name", HUB)

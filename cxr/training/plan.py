@@ -54,7 +54,8 @@ class TrainSettings:
     dropout: float = option(settings.DROPOUT, "dropout before the output layer")
     image_size: int = option(settings.IMAGE_SIZE, "input size in pixels; 0 = the backbone's native size")
     weights: str = option(settings.WEIGHTS,
-                          "imagenet, none, a weights file, or a folder or gs:// prefix of the ImageNet files")
+                          "imagenet (alias pretrained: the backbone's published weights), none, a weights file, or a "
+                          "folder or gs:// prefix of the ImageNet files and keras-hub presets")
     regime: str = option(settings.DEFAULT_REGIME, "finetune: the whole network; frozen: the backbone fixed, the head "
                          "trained on its cached features", scope=PER_RUN)
     patience: int = option(settings.PATIENCE, "early-stopping epochs without a better validation loss")
