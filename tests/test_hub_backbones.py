@@ -262,7 +262,7 @@ def test_trains_evaluates_explains_predicts_exports_and_serves(name, regime, tin
 @pytest.mark.parametrize("name", HUB)
 def test_the_full_size_architectures(name):
     """The registry's hyperparameters give keras-hub's published parameter counts (DINOv2: its presets' metadata;
-    MedSigLIP: the vision tower of So400m/14, 428 M, with 1 + 32 x 32 tokens of width 1152 at 448 px)."""
+    MedSigLIP: So400m/14's vision tower, 428.6 M as built here, 1 + 32 x 32 tokens of width 1152 at 448 px)."""
     from keras_hub.src.models.dinov2.dinov2_presets import backbone_presets
 
     size = get_backbone(name).native_size

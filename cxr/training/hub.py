@@ -32,8 +32,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class HubArchitecture:
     preset: str  # the keras-hub preset whose architecture and weights this is
     family: str  # "dinov2" (DINOV2Backbone) or "siglip" (SigLIPVisionEncoder)
-    # The class's hyperparameters as keras-hub converts the preset's Hugging Face config.json (convert_dinov2.py,
-    # convert_siglip.py); image_shape is added at build time.
+    # The class's hyperparameters, as keras-hub names them (for DINOv2, as convert_dinov2.py converts the Hugging
+    # Face config.json); image_shape is added at build time.
     config: dict
     scale: tuple[float, float, float]  # the image converter's: pixel * scale + offset, per RGB channel
     offset: tuple[float, float, float]
@@ -57,7 +57,8 @@ ARCHITECTURES: dict[str, HubArchitecture] = {
         _DINOV2, num_layers=12, hidden_dim=384, num_heads=6, intermediate_dim=1536), _DINOV2_SCALE, _DINOV2_OFFSET),
     "DINOv2Base": HubArchitecture("dinov2_base", "dinov2", dict(
         _DINOV2, num_layers=12, hidden_dim=768, num_heads=12, intermediate_dim=3072), _DINOV2_SCALE, _DINOV2_OFFSET),
-    # google/medsiglip-448's vision tower: SigLIP So400m/14 (27 layers, width 1152, 16 heads, MLP 4304) at 448 px;
+    # google/medsiglip-448's vision tower: SigLIP So400m/14 (27 layers, width 1152, 16 heads, MLP 4304) at 448 px,
+    # as its model card names it (not checked against the preset's config.json: only --weights none uses these);
     # SigLIP's converter maps 0-255 to [-1, 1]. Its position embeddings are a fixed 32 x 32 grid: the pretrained
     # weights fit 448 px only.
     "MedSigLIP": HubArchitecture("medsiglip_900m_448", "siglip", dict(
