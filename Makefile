@@ -60,9 +60,12 @@ bench: install ## the CPU benchmarks, each against a baseline in the same run (d
 	bash benchmarks/cpu_bench.sh
 
 # What keras imports, for a GPU machine without internet that has Python 3.12 and JAX but no Keras: the
-# versions tested here (pyproject.toml's ranges). ml_dtypes and numpy come with JAX, h5py is there.
+# versions tested here (pyproject.toml's ranges). ml_dtypes and numpy come with JAX, h5py is there. keras-hub (the
+# DINOv2 and MedSigLIP backbones) imports regex and tokenizers too; unpacked without their own dependencies, as
+# gpu_run.sh does, they built both backbones on JAX here.
 GPU_WHEELS ?= keras==3.15.1 namex==0.1.0 optree==0.20.0 absl-py==2.5.1 rich==15.0.0 markdown-it-py==4.3.0 \
-  mdurl==0.1.2 pygments==2.21.0 packaging==26.4 typing-extensions==4.16.0
+  mdurl==0.1.2 pygments==2.21.0 packaging==26.4 typing-extensions==4.16.0 keras-hub==0.32.0 \
+  regex==2026.11.19 tokenizers==0.23.3
 
 # Any pip will do (no venv needed): the wheels are for the GPU machine's Python 3.12, not this one's.
 gpu-wheels: ## download into .gpu-wheels the wheels benchmarks/gpu_run.sh carries to a bare GPU machine
@@ -93,11 +96,13 @@ BASE_IMAGE ?= python:3.11-slim-bookworm
 # The Keras backend the GPU image trains with: tensorflow, or jax (JAX on the GPU, TensorFlow-CPU for tf.data).
 KERAS_BACKEND ?= tensorflow
 
-# A folder of the backbones' ImageNet files (`make weights DIR=...`) to bake into the images; empty: none.
+# A folder of the backbones' pretrained weights (`make weights DIR=...`) to bake into the images; empty: none.
 WEIGHTS ?=
 
-weights: install ## download every backbone's ImageNet weights into DIR (needs internet); then make images WEIGHTS=DIR
-	$(if $(DIR),,$(error DIR must name the folder to download the ImageNet weights into: make weights DIR=weights))
+# The keras.applications files, and each keras-hub backbone's preset in DIR/<preset>/ (through kagglehub: Kaggle
+# credentials in the environment, MedSigLIP's licence accepted on Kaggle; docs/backbones.md).
+weights: install ## download every backbone's pretrained weights into DIR (needs internet); then make images WEIGHTS=DIR
+	$(if $(DIR),,$(error DIR must name the folder to download the pretrained weights into: make weights DIR=weights))
 	$(PYTHON) -m cxr.training.weights --out $(DIR)
 
 # With WEIGHTS, docker/Dockerfile.weights adds the files on top of each variant, the folder as its build context.

@@ -80,10 +80,21 @@ BACKBONES = ("MobileNet", "InceptionV3", "Xception", "ResNet50", "VGG16")  # the
 # Every backbone the registry (cxr.training.backbones) can build: the seed's five, then today's usual starting
 # points, EfficientNetV2 B0 and S and ConvNeXt Tiny (keras.applications 3.15), and CheXNet's DenseNet121
 # (Rajpurkar et al. 2017). The CLI and the pipeline's `backbones` accept any of them; the default stays the seed's.
-ALL_BACKBONES = (*BACKBONES, "EfficientNetV2B0", "EfficientNetV2S", "ConvNeXtTiny", "DenseNet121")
+# Then the foundation models of keras-hub 0.32 (cxr/training/hub.py, docs/backbones.md): DINOv2 small and base
+# (Oquab et al. 2023, self-supervised ViTs) and MedSigLIP's vision tower (Google 2025, SigLIP trained on medical
+# images, chest X-rays among them).
+ALL_BACKBONES = (*BACKBONES, "EfficientNetV2B0", "EfficientNetV2S", "ConvNeXtTiny", "DenseNet121",
+                 "DINOv2Small", "DINOv2Base", "MedSigLIP")
+# The keras-hub preset of each keras-hub backbone (keras_hub/src/models/*/..._presets.py): what `--weights imagenet`
+# fetches from Kaggle Models through kagglehub, and the folder name under a `--weights` folder or gs:// prefix
+# (`make weights` saves each one there). MedSigLIP's needs its licence accepted on Kaggle first.
+HUB_PRESETS = {"DINOv2Small": "dinov2_small", "DINOv2Base": "dinov2_base", "MedSigLIP": "medsiglip_900m_448"}
 # The seed. Also "none", a weights file for one backbone, or a folder or gs:// prefix holding the ImageNet files of
-# every backbone under the names keras.applications downloads them as (clusters without internet).
+# every backbone under the names keras.applications downloads them as, and each keras-hub backbone's preset in a
+# folder named after it (clusters without internet). "imagenet" means each backbone's published pretrained weights:
+# ImageNet for keras.applications, the keras-hub preset for DINOv2 and MedSigLIP; "pretrained" is the same.
 WEIGHTS = "imagenet"
+PRETRAINED = ("imagenet", "pretrained")
 # Where `weights=imagenet` finds the backbones' ImageNet files before Keras downloads them: a folder or a gs://
 # prefix laid out as `make weights` writes it (cxr/training/weights.py). `make images WEIGHTS=DIR` bakes the files
 # into the image and sets this, so that a cluster without internet starts from ImageNet; "" = download.

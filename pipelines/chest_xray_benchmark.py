@@ -57,6 +57,12 @@ def on_tensorflow(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task.set_env_variable("KERAS_BACKEND", "tensorflow")
 
 
+def with_kaggle_credentials(task: dsl.PipelineTask) -> None:
+    """The optional kaggle-credentials Secret as KAGGLE_USERNAME and KAGGLE_KEY: kagglehub reads them."""
+    kubernetes.use_secret_as_env(task, secret_name=settings.KAGGLE_SECRET, optional=True,
+                                 secret_key_to_env={"KAGGLE_USERNAME": "KAGGLE_USERNAME", "KAGGLE_KEY": "KAGGLE_KEY"})
+
+
 @dsl.pipeline(name=settings.PIPELINE_NAME,
               description="Five ImageNet CNNs on chest X-rays (pneumonia), trained in parallel and compared with "
                           "patient-level splits, sensitivity, specificity and ROC AUC.")
@@ -85,8 +91,7 @@ def chest_xray_benchmark(
     # Names, regimes and seeds are checked before anything runs: a typo costs seconds, not an ingest.
     plan = plan_trainings(backbones=backbones, regimes=regimes, seeds=seeds).set_display_name("plan")
     ingest = ingest_dataset(source=source, cache=cache).set_display_name("ingest").after(plan)
-    kubernetes.use_secret_as_env(ingest, secret_name=settings.KAGGLE_SECRET, optional=True,
-                                 secret_key_to_env={"KAGGLE_USERNAME": "KAGGLE_USERNAME", "KAGGLE_KEY": "KAGGLE_KEY"})
+    with_kaggle_credentials(ingest)
 
     preprocess = preprocess_dataset(raw=ingest.outputs["raw"], image_size=processed_image_size,
                                     val_fraction=val_fraction, split=split, seed=seed).set_display_name("preprocess")
@@ -103,6 +108,7 @@ def chest_xray_benchmark(
                                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         train.set_retry(settings.TRAIN_RETRIES, backoff_max_duration=settings.TRAIN_RETRY_WINDOW)
         on_gpu_node(train.set_display_name("train").set_caching_options(False))
+        with_kaggle_credentials(train)  # the keras-hub backbones' pretrained weights come from Kaggle Models
         if settings.CHECKPOINT_PVC:
             kubernetes.mount_pvc(train, pvc_name=settings.CHECKPOINT_PVC, mount_path=CHECKPOINT_MOUNT)
         evaluate = evaluate_backbone(processed=preprocess.outputs["processed"], model=train.outputs["model"],

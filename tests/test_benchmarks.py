@@ -63,6 +63,16 @@ def test_gpu_throughput_smoke_on_one_backbone_prints_its_rows_and_the_projection
     assert "'keras'" in imported and "'jax'" in imported and "'tensorflow'" not in imported
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_gpu_throughput_features_mode_runs_the_keras_hub_backbones():
+    """The frozen regime's extraction of DINOv2 and MedSigLIP (full-size architectures at 28 px), so that the first
+    GPU run measures them; about 2 minutes on 2 loaded cores."""
+    stdout = _smoke("--backbones", *settings.HUB_PRESETS, "--modes", "features", timeout=1100)
+    for backbone in settings.HUB_PRESETS:
+        assert re.search(rf"^{backbone}\s+28 features, mixed \+ XLA\s+\S+\s+\d+\.\d+\s+(\d+\.\d+)", stdout, re.M)
+
+
 # The limits are generous: the all-five smoke runs about 5 minutes on 2 idle cores and took 25 on 2 cores shared
 # with five other processes (the compilations it times use every core).
 @pytest.mark.slow

@@ -125,7 +125,7 @@ def test_make_weights_downloads_into_dir():
     assert "-m cxr.training.weights --out /data/imagenet" in _dry("weights", "DIR=/data/imagenet").stdout
     dry = _dry("weights")
     assert dry.returncode == 2 and "cxr.training.weights" not in dry.stdout
-    assert "DIR must name the folder to download the ImageNet weights into" in dry.stderr
+    assert "DIR must name the folder to download the pretrained weights into" in dry.stderr
 
 
 def test_make_prints_the_real_cluster_commands():

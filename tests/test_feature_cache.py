@@ -227,7 +227,8 @@ def test_weights_are_keyed_by_content(tmp_path):
     first, second = tmp_path / "a.weights.h5", tmp_path / "b.weights.h5"
     first.write_bytes(b"same")
     second.write_bytes(b"same")
-    assert fc.weights_id(str(first)) == fc.weights_id(str(second)) != fc.weights_id("none")
-    assert fc.weights_id("ImageNet") == "imagenet"
+    assert fc.weights_id(str(first), "VGG16", 32) == fc.weights_id(str(second), "VGG16", 32) != \
+        fc.weights_id("none", "VGG16", 32)
+    assert fc.weights_id("ImageNet", "VGG16", 32) == fc.weights_id("pretrained", "VGG16", 32) == "imagenet"
     with pytest.raises(UserError, match="--weights /nope"):
-        fc.weights_id("/nope")
+        fc.weights_id("/nope", "VGG16", 32)

@@ -141,12 +141,15 @@ def test_the_last_pod_records_the_failure():
     assert 1 <= settings.TRAIN_ATTEMPTS <= settings.TRAIN_RETRIES
 
 
-def test_kaggle_credentials_reach_ingest_only_from_an_optional_secret(compiled):
+def test_kaggle_credentials_reach_ingest_and_train_only_from_an_optional_secret(compiled):
+    """Ingest downloads the dataset, train the keras-hub backbones' pretrained weights, both through kagglehub."""
     _, executors = _spec(compiled)
-    secret = executors["exec-ingest-dataset"]["secretAsEnv"][0]
-    assert secret["secretName"] == settings.KAGGLE_SECRET and secret["optional"] is True
-    assert {k["envVar"] for k in secret["keyToEnv"]} == {"KAGGLE_USERNAME", "KAGGLE_KEY"}
-    assert [name for name, spec in executors.items() if "secretAsEnv" in spec] == ["exec-ingest-dataset"]
+    for executor in ("exec-ingest-dataset", "exec-train-backbone"):
+        secret = executors[executor]["secretAsEnv"][0]
+        assert secret["secretName"] == settings.KAGGLE_SECRET and secret["optional"] is True
+        assert {k["envVar"] for k in secret["keyToEnv"]} == {"KAGGLE_USERNAME", "KAGGLE_KEY"}
+    assert sorted(name for name, spec in executors.items() if "secretAsEnv" in spec) == [
+        "exec-ingest-dataset", "exec-train-backbone"]
 
 
 def test_ingest_and_preprocess_are_cached_and_train_is_not(compiled):

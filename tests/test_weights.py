@@ -29,7 +29,8 @@ def _keras_source(backbone: str) -> str:
 
 def test_every_backbone_in_the_registry_has_its_keras_file():
     for backbone in BACKBONES.values():
-        assert weights.weights_file(backbone.name, backbone.native_size).name.endswith(".h5")
+        if weights.hub_preset(backbone.name) is None:  # keras-hub's load presets (tests/test_hub_backbones.py)
+            assert weights.weights_file(backbone.name, backbone.native_size).name.endswith(".h5")
     assert {file.name for file in weights.every_file(KNOWN)} >= {f.name for f in weights.FILES.values()}
 
 
@@ -151,3 +152,35 @@ def test_download_keeps_what_is_there_and_never_overwrites_a_changed_file(tmp_pa
     assert changed.read_bytes() == b"someone's file"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([changed.name] + [
         f.name for f in weights.every_file(["MobileNet"])])
+
+
+def test_a_foreign_keras3_weights_file_is_refused_in_one_line_without_warnings(tmp_path, capfd):
+    """Another backbone's Keras-3 .weights.h5: Keras warns about every layer it cannot match before it raises;
+    the user must read the one-line refusal alone."""
+    foreign = tmp_path / "vgg16.weights.h5"
+    get_backbone("VGG16").build(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(foreign)
+    capfd.readouterr()
+    with pytest.raises(UserError, match=f"--weights {foreign}: does not fit MobileNet"):
+        build_model(get_backbone("MobileNet"), 32, weights=str(foreign))
+    captured = capfd.readouterr()
+    assert "Skipping" not in captured.err and "UserWarning" not in captured.err and captured.out == ""
+
+
+def test_the_frozen_regime_keys_a_folder_and_a_gs_prefix_by_the_file_they_hold(mobilenet_folder, bucket):
+    """The frozen regime's cache key takes every --weights the fine-tuned regime takes, with the same messages."""
+    from cxr.training import features
+
+    folder, _ = mobilenet_folder
+    name = weights.weights_file("MobileNet", 32).name
+    expected = f"sha256:{features.sha256(folder / name)}"
+    assert features.weights_id(str(folder), "MobileNet", 32) == features.weights_id(str(folder / name), "MobileNet",
+                                                                                    32) == expected
+    bucket.blob(f"keras/{name}").upload_from_filename(str(folder / name))
+    assert features.weights_id(f"gs://{bucket.name}/keras", "MobileNet", 32) == expected
+    for source in (str(folder), f"gs://{bucket.name}/keras"):
+        with pytest.raises(UserError) as finetune:
+            weights.resolve(source, "ResNet50", 32)
+        with pytest.raises(UserError) as frozen:
+            features.weights_id(source, "ResNet50", 32)
+        assert str(frozen.value) == str(finetune.value)
+        assert "holds no resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in str(frozen.value)

@@ -6,12 +6,17 @@ last convolutional block by the mean gradient of the pneumonia logit, so a map s
 pneumonia* lies, on every film whatever its prediction. On synthetic data the opacities' boxes are known
 (`cxr synth` writes lesions.csv): the pointing game counts a hit when the map's maximum falls inside a box, beside
 the rate a uniformly random point would get (the boxes' share of the film).
+
+A vision transformer (DINOv2, MedSigLIP) has no convolutional block: Grad-CAM then weights the channels of its
+last block's patch tokens (the backbone's final normed tokens, token 0 left out) reshaped to their grid, the usual
+transfer of Grad-CAM to ViTs (docs/backbones.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,19 +58,31 @@ def last_conv_layer(backbone):
     raise UserError(f"{backbone.name} has no convolutional layer")
 
 
+def patch_grid(tokens):
+    """A ViT's tokens [n, 1 + g*g, c] as their patch grid [n, g, g, c]: token 0 (class or pooled) left out."""
+    import tensorflow as tf
+
+    side = math.isqrt(int(tokens.shape[1]) - 1)
+    return tf.reshape(tokens[:, 1:, :], (-1, side, side, int(tokens.shape[-1])))
+
+
 class GradCam:
-    """Grad-CAM of the pneumonia logit at the backbone's last convolutional block, for our classifier (a chain:
-    input -> preprocessing -> backbone -> head layers -> Dense(1, sigmoid))."""
+    """Grad-CAM of the pneumonia logit at the backbone's last convolutional block, or a ViT's last block's patch
+    tokens, for our classifier (a chain: input -> preprocessing -> backbone -> head layers -> Dense(1, sigmoid))."""
 
     def __init__(self, model):
         import keras
 
         self.backbone = backbone_of(model)
-        self.layer = last_conv_layer(self.backbone)
+        self.tokens = len(self.backbone.output.shape) == 3
+        # A ViT's output is its last block's tokens (after the final norm): the layer that makes them, and the
+        # activations are the backbone's output itself.
+        self.layer = self.backbone.layers[-1] if self.tokens else last_conv_layer(self.backbone)
         position = model.layers.index(self.backbone)
         self.before = [layer for layer in model.layers[:position] if not isinstance(layer, keras.layers.InputLayer)]
         *self.head, self.output = model.layers[position + 1:]
-        self.inner = keras.Model(self.backbone.inputs, [self.layer.output, self.backbone.output])
+        outputs = self.backbone.outputs if self.tokens else [self.layer.output, self.backbone.output]
+        self.inner = keras.Model(self.backbone.inputs, outputs)
 
     def __call__(self, films: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(P(pneumonia) [n], maps [n, h, w] in [0, 1] at the block's resolution) for uint8 films [n, s, s, 1]."""
@@ -75,12 +92,17 @@ class GradCam:
         for layer in self.before:
             x = layer(x)
         with tf.GradientTape() as tape:
-            activations, features = self.inner(x, training=False)
+            if self.tokens:
+                activations = features = self.inner(x, training=False)
+            else:
+                activations, features = self.inner(x, training=False)
             for layer in self.head:
                 features = layer(features, training=False)
             # The logit, not the probability: a confident sigmoid's gradient vanishes.
             logits = tf.matmul(features, self.output.kernel) + self.output.bias
         gradients = tape.gradient(logits, activations)
+        if self.tokens:
+            activations, gradients = patch_grid(activations), patch_grid(gradients)
         weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
         maps = tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1)).numpy()
         peaks = maps.max(axis=(1, 2), keepdims=True)

@@ -1,5 +1,6 @@
-"""The ImageNet backbones the study can train: the seed's five (2014-2017) and four of today's (EfficientNetV2,
-ConvNeXt, DenseNet121); adding another is one entry in BACKBONES and its name in settings.ALL_BACKBONES."""
+"""The backbones the study can train: the seed's five ImageNet CNNs (2014-2017), four of today's (EfficientNetV2,
+ConvNeXt, DenseNet121), and three foundation models from keras-hub (DINOv2 small and base, MedSigLIP: vision
+transformers, cxr.training.hub); adding another is one entry in BACKBONES and its name in settings.ALL_BACKBONES."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import keras
 
 from cxr import settings
 from cxr.errors import UserError
+from cxr.training import hub
 from cxr.training.plan import canonical_backbone
 
 
@@ -24,6 +26,7 @@ class Backbone:
     preprocess_input: Callable
     native_size: int  # the ImageNet training resolution (docs/backbones.md)
     min_size: int  # the smallest input the architecture accepts
+    patch_size: int = 1  # a vision transformer's: its input size must be a multiple of it
 
 
 def inside_the_model(images):
@@ -52,6 +55,10 @@ BACKBONES: dict[str, Backbone] = {b.name.lower(): b for b in (
     Backbone("EfficientNetV2S", _scaling_inside(_apps.EfficientNetV2S), inside_the_model, 384, 32),
     Backbone("ConvNeXtTiny", _scaling_inside(_apps.ConvNeXtTiny), inside_the_model, 224, 32),
     Backbone("DenseNet121", _apps.DenseNet121, _apps.densenet.preprocess_input, 224, 32),
+    # keras-hub's foundation models (docs/backbones.md): patch 14, so 28 px is the smallest input with a 2 x 2 grid
+    # of patches for Grad-CAM.
+    *(Backbone(name, functools.partial(hub.build, name), hub.scaling(name), native, 28, 14)
+      for name, native in (("DINOv2Small", 224), ("DINOv2Base", 224), ("MedSigLIP", 448))),
 )}
 
 
@@ -95,5 +102,10 @@ def input_size(backbone: Backbone, requested: int) -> int:
     if requested < backbone.min_size:
         print(f"{backbone.name}: --image-size {requested} raised to its minimum, {backbone.min_size}", file=sys.stderr)
         return backbone.min_size
+    if requested % backbone.patch_size:
+        size = requested - requested % backbone.patch_size
+        print(f"{backbone.name}: --image-size {requested} lowered to {size}, a multiple of its patch size "
+              f"({backbone.patch_size} px)", file=sys.stderr)
+        return size
     return requested
 

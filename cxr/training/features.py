@@ -43,6 +43,7 @@ import pandas as pd
 from cxr import files, settings
 from cxr.errors import UserError
 from cxr.outputs import make_folder
+from cxr.training.weights import is_pretrained, weights_source
 
 FORMAT = 1  # the layout's version: a cache of another format is rebuilt, never misread
 META = "meta.json"
@@ -84,14 +85,21 @@ def dataset_fingerprint(data_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def weights_id(weights: str) -> str:
-    """`--weights` as part of a cache key: imagenet, none, or the content of a weights file (its path may move)."""
-    if weights.lower() in ("imagenet", "none"):
-        return weights.lower()
-    path = Path(weights)
-    if not path.is_file():
-        raise UserError(f"--weights {weights}: not 'imagenet', 'none', or an existing weights file")
-    return f"sha256:{sha256(path)}"
+def weights_id(weights: str, backbone: str, image_size: int) -> str:
+    """`--weights` as part of a cache key: imagenet, none, or the content of what it loads into `backbone` (a
+    weights file, or a keras-hub preset's files) found as building the model finds it, in a folder or under a gs://
+    prefix: its path may move. A folder or prefix that lacks it is refused with the message training gives."""
+    if is_pretrained(weights):
+        return "imagenet"
+    if weights.lower() == "none":
+        return "none"
+    source = weights_source(weights, backbone, image_size)
+    if source.is_file():
+        return f"sha256:{sha256(source)}"
+    digest = hashlib.sha256()  # a keras-hub preset: every file's name and content
+    for path in sorted(path for path in source.iterdir() if path.is_file()):
+        digest.update(f"{path.name}\0{sha256(path)}\0".encode())
+    return f"sha256:{digest.hexdigest()}"
 
 
 @dataclass(frozen=True)

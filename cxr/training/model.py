@@ -1,6 +1,10 @@
-"""The seed's classifier: backbone -> Flatten -> Dense(16, relu) -> Dropout(0.5) -> Dense(1, sigmoid)."""
+"""The seed's classifier: backbone -> Flatten -> Dense(16, relu) -> Dropout(0.5) -> Dense(1, sigmoid). A keras-hub
+backbone's output is a token sequence (cxr.training.hub), which Flatten flattens as it does a CNN's map."""
 
 from __future__ import annotations
+
+import warnings
+from pathlib import Path
 
 import keras
 
@@ -43,25 +47,38 @@ def _build_backbone(backbone: Backbone, keras_weights: str | None, image_size: i
                         ".weights.h5 file") from None
 
 
+def _load_backbone_weights(base: keras.Model, weights_file: Path, name: str) -> None:
+    """Load a weights file into the backbone, or refuse it in one line. Keras warns once per layer it cannot match
+    (a hundred lines for another backbone's Keras-3 .weights.h5) before it raises, or without raising at all, with
+    those layers left random: the warnings are caught, and any of them refuses the file too."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            base.load_weights(weights_file)
+        except (ValueError, OSError) as error:  # Keras' message lists every layer: its first line says enough
+            raise UserError(f"--weights {weights_file}: does not fit {name} "
+                            f"({str(error).splitlines()[0][:300]})") from None
+    skipped = [str(warning.message) for warning in caught if issubclass(warning.category, UserWarning)]
+    if skipped:
+        raise UserError(f"--weights {weights_file}: does not fit {name} (Keras could not match {len(skipped)} "
+                        f"part(s) of it, the first: {skipped[0].splitlines()[0][:200]})")
+
+
 def build_model(backbone: Backbone, image_size: int, *, dense_units: int = settings.DENSE_UNITS,
                 dropout: float = settings.DROPOUT, weights: str = settings.WEIGHTS,
                 train_backbone: bool = True) -> keras.Model:
     """The classifier on `backbone` for uint8 grayscale films of `image_size` (shape [size, size, 1]),
     outputting P(pneumonia) in float32.
 
-    `weights`: "imagenet", "none", a backbone weights file, or a folder or gs:// prefix of the ImageNet files
-    (cxr.training.weights; clusters without internet).
+    `weights`: "imagenet" (or "pretrained"), "none", a backbone weights file, or a folder or gs:// prefix of the
+    ImageNet files and keras-hub presets (cxr.training.weights; clusters without internet).
     `train_backbone` False: the backbone is frozen, in inference mode (BatchNormalization included) for good.
     Under a mixed_float16 policy the last layer stays float32, so the sigmoid and the loss keep their precision.
     """
     keras_weights, weights_file = resolve_weights(weights, backbone.name, image_size)
     base = _build_backbone(backbone, keras_weights, image_size)
     if weights_file is not None:
-        try:
-            base.load_weights(weights_file)
-        except (ValueError, OSError) as error:  # Keras' message lists every layer: its first line says enough
-            raise UserError(f"--weights {weights_file}: does not fit {backbone.name} "
-                            f"({str(error).splitlines()[0][:300]})") from None
+        _load_backbone_weights(base, weights_file, backbone.name)
     if keras_weights is None and weights_file is None:
         # From scratch there are no ImageNet statistics, and Keras' 0.99 momentum lags for hundreds of steps:
         # inference then sees stale statistics and predicts one class (settings.FROM_SCRATCH_BN_MOMENTUM).

@@ -54,7 +54,8 @@ class TrainSettings:
     dropout: float = option(settings.DROPOUT, "dropout before the output layer")
     image_size: int = option(settings.IMAGE_SIZE, "input size in pixels; 0 = the backbone's native size")
     weights: str = option(settings.WEIGHTS,
-                          "imagenet, none, a weights file, or a folder or gs:// prefix of the ImageNet files")
+                          "imagenet (alias pretrained: the backbone's published weights), none, a weights file, or a "
+                          "folder or gs:// prefix of the ImageNet files and keras-hub presets")
     regime: str = option(settings.DEFAULT_REGIME, "finetune: the whole network; frozen: the backbone fixed, the head "
                          "trained on its cached features", scope=PER_RUN)
     patience: int = option(settings.PATIENCE, "early-stopping epochs without a better validation loss")
@@ -95,7 +96,7 @@ class TrainSettings:
 def check_weights(weights: str) -> None:
     """Refuse, before any work, a --weights that names no usable file: a missing path, or a whole saved model
     (.keras), whose layers are not a backbone's and would be refused only after Keras printed every mismatch."""
-    if weights.lower() in ("imagenet", "none") or weights.startswith("gs://"):
+    if weights.lower() in (*settings.PRETRAINED, "none") or weights.startswith("gs://"):
         return
     path = Path(weights)
     if path.suffix == ".keras":

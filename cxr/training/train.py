@@ -29,6 +29,7 @@ from cxr.training.backbones import get_backbone, input_size
 from cxr.training.features import FeatureCache, FeatureKey, dataset_fingerprint, open_cache, weights_id
 from cxr.training.model import build_model
 from cxr.training.plan import TrainSettings
+from cxr.training.weights import weights_source
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
 
@@ -149,8 +150,9 @@ def train(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Path | 
     backbone = get_backbone(options.backbone)
     options = dataclasses.replace(options, backbone=backbone.name)
     size = input_size(backbone, options.image_size)
-    if options.regime == "frozen":
-        weights_id(options.weights)  # a missing weights file is refused before any folder is made
+    # A weights file, folder or gs:// prefix that lacks this backbone's weights, or holds them damaged, is refused
+    # before any folder is made, with the same message in both regimes.
+    weights_source(options.weights, backbone.name, size)
     print(f"train: {limit_gpu_memory()}", file=sys.stderr)  # before the backend touches a GPU
     device_used = select_device(device)  # before any file is written: a pod without its GPU stops here
     data = provenance.data_record(data_dir)  # before the claim: a wrong --data leaves --out free for the right one
@@ -218,7 +220,7 @@ def _frozen_data(run: Run, xla: bool) -> tuple[keras.Model, Data]:
     from cxr.training import frozen
 
     options = run.options
-    key = FeatureKey(options.backbone, run.size, weights_id(options.weights),
+    key = FeatureKey(options.backbone, run.size, weights_id(options.weights, options.backbone, run.size),
                      keras.mixed_precision.global_policy().compute_dtype, dataset_fingerprint(run.data_dir))
 
     def build(weights: str) -> keras.Model:

@@ -1,11 +1,15 @@
-"""ImageNet weights without a download: the files keras.applications fetches, read from a folder or a gs:// prefix.
+"""Pretrained weights without a download: the files keras.applications fetches and the keras-hub presets, read
+from a folder or a gs:// prefix.
 
-`weights` is "imagenet", "none", a weights file for one backbone, or a folder or gs:// prefix holding every
-backbone's ImageNet file under the name keras.applications downloads it as. The file is loaded as it lies (a gs://
-one is copied to a temporary folder first) after the same hash check Keras makes; nothing is copied into Keras'
-cache (docs/decisions.md, "ImageNet weights without network").
+`weights` is "imagenet" (or "pretrained": each backbone's published weights), "none", a weights file for one
+backbone, or a folder or gs:// prefix holding every keras.applications backbone's ImageNet file under the name
+keras.applications downloads it as, and every keras-hub backbone's preset in a folder named after the preset
+(`dinov2_small/`: config.json, metadata.json, model.weights.h5, as `save_to_preset` writes them). A file is loaded
+as it lies (a gs:// one is copied to a temporary folder first) after the same hash check Keras makes; a preset after
+a check that its files are all there and readable; nothing is copied into Keras' or kagglehub's cache
+(docs/decisions.md, "ImageNet weights without network").
 
-    python -m cxr.training.weights --out DIR     download every backbone's file into DIR (`make weights`)
+    python -m cxr.training.weights --out DIR     download every backbone's weights into DIR (`make weights`)
     python -m cxr.training.weights --check DIR   check that DIR holds them all, unchanged (`make images WEIGHTS=`)
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -63,6 +68,22 @@ FILES: dict[str, WeightsFile] = {
 }
 # Keras passes no hash for MobileNet's files (mobilenet.py): they are loaded unchecked, as Keras does.
 MOBILENET = {rows: WeightsFile(f"mobilenet_1_0_{rows}_tf_no_top.h5", "mobilenet", None) for rows in MOBILENET_ROWS}
+# What keras-hub 0.32's Backbone.save_to_preset writes and from_preset reads (keras_hub/src/utils/preset_utils.py:
+# CONFIG_FILE, METADATA_FILE, MODEL_WEIGHTS_FILE; unsharded below its 10 GB shard size, which every backbone here is).
+PRESET_FILES = ("config.json", "metadata.json", "model.weights.h5")
+
+
+def hub_preset(backbone: str) -> str | None:
+    """The keras-hub preset of `backbone` (settings.HUB_PRESETS), None for a keras.applications backbone."""
+    for name, preset in settings.HUB_PRESETS.items():
+        if name.lower() == backbone.lower():
+            return preset
+    return None
+
+
+def is_pretrained(weights: str) -> bool:
+    """Whether `weights` asks for the backbone's published weights: "imagenet" or its alias "pretrained"."""
+    return weights.lower() in settings.PRETRAINED
 
 
 def weights_file(backbone: str, image_size: int) -> WeightsFile:
@@ -76,11 +97,17 @@ def weights_file(backbone: str, image_size: int) -> WeightsFile:
 
 
 def every_file(backbones: list[str]) -> list[WeightsFile]:
-    """Every file `backbones` can load, at any image size."""
+    """Every file the keras.applications backbones among `backbones` can load, at any image size."""
     files = []
     for backbone in backbones:
-        files += list(MOBILENET.values()) if backbone.lower() == "mobilenet" else [weights_file(backbone, 0)]
+        if hub_preset(backbone) is None:
+            files += list(MOBILENET.values()) if backbone.lower() == "mobilenet" else [weights_file(backbone, 0)]
     return files
+
+
+def every_preset(backbones: list[str]) -> list[str]:
+    """The keras-hub presets of `backbones`."""
+    return [preset for backbone in backbones if (preset := hub_preset(backbone)) is not None]
 
 
 def _hash(path: Path, expected: str) -> str:
@@ -113,6 +140,55 @@ def _from_gcs(prefix: str, file: WeightsFile) -> Path | None:
     return target if found else None
 
 
+def preset_problem(folder: Path) -> str | None:
+    """Why `folder` is not a whole keras-hub preset (a file missing, a config that is not JSON, a weights file that
+    HDF5 cannot open: half-copied or damaged), or None when it is one."""
+    missing = [name for name in PRESET_FILES if not (folder / name).is_file()]
+    if missing:
+        return f"no {', '.join(missing)}"
+    try:
+        json.loads((folder / "config.json").read_text())["registered_name"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"config.json is not a keras-hub config ({type(error).__name__})"
+    import h5py
+
+    try:
+        with h5py.File(folder / "model.weights.h5", "r") as weights:
+            list(weights.keys())
+    except OSError as error:
+        return f"model.weights.h5 is damaged ({str(error).splitlines()[0][:200]})"
+    return None
+
+
+def _preset_from_gcs(prefix: str, preset: str) -> Path | None:
+    """The preset folder under the gs:// prefix, copied to a temporary folder removed when the process ends; None
+    when the prefix holds none of its files."""
+    from cxr.data import gcs
+
+    folder = Path(tempfile.mkdtemp(prefix="cxr-weights-")) / preset
+    atexit.register(shutil.rmtree, folder.parent, ignore_errors=True)
+    folder.mkdir()
+    source = gcs.parse_gcs_uri(prefix.rstrip("/") + "/" + preset)
+    try:
+        found = [gcs.download(source, name, folder / name) for name in PRESET_FILES]
+    except gcs.CLOUD_ERRORS as error:
+        raise gcs.one_line(error) from None
+    return folder if any(found) else None
+
+
+def find_preset(source: str, preset: str) -> Path | None:
+    """The keras-hub preset `preset` in a folder or under a gs:// prefix, checked; None when it is not there."""
+    if source.startswith("gs://"):
+        folder, shown = _preset_from_gcs(source, preset), f"{source.rstrip('/')}/{preset}/"
+    else:
+        folder = Path(source) / preset
+        folder, shown = (folder if folder.exists() else None), folder
+    if folder is not None and (problem := preset_problem(folder)):
+        raise UserError(f"{shown}: not a whole keras-hub preset ({problem}); save it again with "
+                        f"`make weights DIR=`")
+    return folder
+
+
 def find(source: str, file: WeightsFile) -> Path | None:
     """The file in a folder or under a gs:// prefix, checked; None when it is not there."""
     if source.startswith("gs://"):
@@ -126,8 +202,14 @@ def find(source: str, file: WeightsFile) -> Path | None:
 
 
 def resolve(weights: str, backbone: str, image_size: int) -> tuple[str | None, Path | None]:
-    """(what keras.applications loads itself, a file to load into the backbone after building it)."""
-    if weights.lower() == "imagenet":
+    """(what the backbone's constructor loads itself, a file to load into the backbone after building it).
+
+    The first is "imagenet" for keras.applications; for a keras-hub backbone, its preset's name (kagglehub
+    downloads it) or a checked preset folder."""
+    preset = hub_preset(backbone)
+    if preset is not None and not Path(weights).is_file():
+        return _resolve_preset(weights, backbone, preset), None
+    if is_pretrained(weights):
         if not settings.IMAGENET_WEIGHTS:
             return "imagenet", None
         file = weights_file(backbone, image_size)
@@ -151,6 +233,37 @@ def resolve(weights: str, backbone: str, image_size: int) -> tuple[str | None, P
     raise UserError(f"--weights {weights}: not 'imagenet', 'none', a weights file, a folder or a gs:// prefix")
 
 
+def _resolve_preset(weights: str, backbone: str, preset: str) -> str | None:
+    """What keras-hub loads for `backbone`: None for random weights, else a preset name or a checked folder."""
+    if is_pretrained(weights):
+        if not settings.IMAGENET_WEIGHTS:
+            return preset
+        folder = find_preset(settings.IMAGENET_WEIGHTS, preset)
+        if folder is None:
+            print(f"{backbone}: {preset}/ is not in CXR_IMAGENET_WEIGHTS ({settings.IMAGENET_WEIGHTS}); kagglehub "
+                  "downloads it", file=sys.stderr)
+            return preset
+        return str(folder)
+    if weights.lower() == "none":
+        return None
+    if weights.startswith("gs://") or Path(weights).is_dir():
+        folder = find_preset(weights, preset)
+        if folder is None:
+            raise UserError(f"--weights {weights}: holds no {preset}/, the keras-hub preset of {backbone} "
+                            "(`make weights` saves every backbone's)")
+        return str(folder)
+    raise UserError(f"--weights {weights}: not 'imagenet', 'none', a weights file, a folder or a gs:// prefix")
+
+
+def weights_source(weights: str, backbone: str, image_size: int) -> Path | None:
+    """The local file or preset folder `weights` loads into `backbone` (checked, as building the model checks
+    it), or None for "imagenet" and "none": what a feature cache's key must hash."""
+    if is_pretrained(weights) or weights.lower() == "none":
+        return None
+    constructor_loads, file = resolve(weights, backbone, image_size)
+    return file if file is not None else Path(constructor_loads)
+
+
 def download(out: Path, backbones: list[str]) -> list[Path]:
     """Download every file `backbones` can load into `out`, through Keras' own get_file and hash check. A file
     already there is checked and kept; nothing else in `out` is touched."""
@@ -159,7 +272,7 @@ def download(out: Path, backbones: list[str]) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
         raise UserError(f"--out {out}: not writable")
-    written = []
+    written = [save_preset(out, preset) for preset in every_preset(backbones) if find_preset(str(out), preset) is None]
     for file in every_file(backbones):
         target = out / file.name
         if target.is_file():
@@ -176,9 +289,25 @@ def download(out: Path, backbones: list[str]) -> list[Path]:
     return written
 
 
+def save_preset(out: Path, preset: str) -> Path:
+    """Download the keras-hub preset through kagglehub and save the part cxr uses into `out/<preset>/`, through a
+    partial folder renamed into place once whole."""
+    from cxr.training import hub
+
+    target = out / preset
+    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
+    try:
+        hub.pretrained(preset, str(preset)).save_to_preset(str(staging))
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 def check(folder: Path, backbones: list[str]) -> None:
     """Every file `backbones` can load is in `folder`, unchanged; else one line naming what is missing."""
     missing = [file.name for file in every_file(backbones) if find(str(folder), file) is None]
+    missing += [f"{preset}/" for preset in every_preset(backbones) if find_preset(str(folder), preset) is None]
     if missing:
         raise UserError(f"{folder}: missing {', '.join(missing)}; `make weights DIR={folder}` downloads them")
 
@@ -198,11 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.out:
             written = download(args.out, _registry())
-            print(f"{args.out}: {len(written)} file(s) downloaded, {len(every_file(_registry())) - len(written)} "
-                  "already there")
+            total = len(every_file(_registry())) + len(every_preset(_registry()))
+            print(f"{args.out}: {len(written)} file(s) or preset(s) downloaded, {total - len(written)} already there")
         else:
             check(args.check, _registry())
-            print(f"{args.check}: the ImageNet files of {', '.join(_registry())}")
+            print(f"{args.check}: the pretrained weights of {', '.join(_registry())}")
     except UserError as error:
         print(f"cxr weights: error: {error}", file=sys.stderr)
         return 2
