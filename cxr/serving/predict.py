@@ -104,7 +104,7 @@ def check_output(out: Path) -> None:
     if out.exists():
         raise UserError(f"{out} exists already; choose another --out")
     if not out.parent.is_dir():
-        raise UserError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+        raise UserError(f"--out {out}: cannot write it, the folder {out.parent} does not exist; create it first")
     owner = owner_of(out.parent)
     if owner is not None:
         written = f" (written by {', '.join(f'`cxr {command}`' for command in owner[1])})" if owner[1] else ""
