@@ -17,12 +17,14 @@ from pathlib import Path
 import pandas as pd
 from kfp import local
 
-from cxr import settings
+from cxr import files, settings
 from cxr.data.synth import plan_splits, synthesize
 from cxr.errors import UserError
 from cxr.outputs import make_folder
+from cxr.results.leaderboard import cells
 from cxr.training.plan import TrainSettings, plan_runs
 from pipelines.chest_xray_benchmark import chest_xray_benchmark
+from pipelines.local_progress import progress_view
 
 # CPU-sized settings, measured on a 2-core machine (README, "make demo"): small films, from-scratch weights
 # (no ImageNet download), a learning rate for training from scratch, few epochs. At 32 px the cheap backbones
@@ -49,71 +51,115 @@ DEMO = {
     "val_fraction": 0.15,
     "device": "auto",  # a laptop's GPU when it has one; the cluster's default, gpu, would refuse a CPU
 }
+LOG = "demo.log"  # in the run folder: everything kfp.local and the tasks print (the screen shows one line a task)
+# The leaderboard's columns the demo prints, in this order (the report has them all).
+CONSOLE_COLUMNS = ["backbone", "regime", "test_accuracy", "sensitivity", "specificity", "roc_auc", "vs_best", "brier",
+                   "learning_time", "epochs"]
 
 
-def check(args: argparse.Namespace) -> Path:
+def names(text: str) -> list[str]:
+    """A comma-separated list as the user typed it, blanks around each name dropped and empty entries ignored."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def check(args: argparse.Namespace) -> tuple[Path, list[dict]]:
     """Every setting checked before the first step (synth takes seconds, the pipeline minutes): the output folder,
-    the backbones and regimes, the film count and the sizes, each refused in one line. Returns the output
-    folder."""
+    the backbones and regimes, the film count and the sizes, each refused in one line. Returns the output folder
+    and the plan's trainings, their names spelled as the registry spells them."""
     out = args.out.resolve()
     if out.is_dir() and any(out.iterdir()):
         raise UserError(f"{out} is not empty; remove it or pass --out NEW_FOLDER")
-    runs = plan_runs([name.strip() for name in args.backbones.split(",") if name.strip()], settings.SEEDS,
-                     [regime.strip() for regime in args.regimes.split(",") if regime.strip()])
+    runs = plan_runs(names(args.backbones), settings.SEEDS, names(args.regimes))
     plan_splits(args.per_class)
     for run in runs:
         TrainSettings(run["backbone"], epochs=args.epochs, batch_size=DEMO["batch_size"],
                       learning_rate=DEMO["learning_rate"], image_size=args.image_size, weights=DEMO["weights"],
                       regime=run["regime"]).validate()
     make_folder(out, "--out")  # last: a file, or a place that cannot be created, is one line too
-    return out
+    return out, runs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The demo's options, each with its default shown by --help."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="a new folder for everything")
+    parser.add_argument("--backbones", default=",".join(DEMO["backbones"]),
+                        help=f"comma-separated, in any letter case: any of {', '.join(settings.ALL_BACKBONES)}")
+    parser.add_argument("--regimes", default=",".join(DEMO["regimes"]),
+                        help=f"comma-separated, in any letter case: {' and/or '.join(settings.REGIMES)}")
+    parser.add_argument("--per-class", type=int, default=DEMO["per_class"], help="synthetic films per class")
+    parser.add_argument("--epochs", type=int, default=DEMO["epochs"], help="epochs per training")
+    parser.add_argument("--image-size", type=int, default=DEMO["image_size"],
+                        help="input size in pixels, raised to a backbone's minimum (InceptionV3 75, Xception 71)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="print everything kfp.local and the tasks print, instead of one line per task")
+    return parser
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="a new folder for everything")
-    parser.add_argument("--backbones", default=",".join(DEMO["backbones"]),
-                        help=f"any of {', '.join(settings.ALL_BACKBONES)}")
-    parser.add_argument("--regimes", default=",".join(DEMO["regimes"]), help=" and/or ".join(settings.REGIMES))
-    parser.add_argument("--per-class", type=int, default=DEMO["per_class"])
-    parser.add_argument("--epochs", type=int, default=DEMO["epochs"])
-    parser.add_argument("--image-size", type=int, default=DEMO["image_size"])
-    args = parser.parse_args()
+    args = build_parser().parse_args()
     try:
-        return run(args, check(args))
+        return run(args, *check(args))
     except UserError as error:
         print(f"demo: error: {error}", file=sys.stderr)
         return 2
 
 
-def run(args: argparse.Namespace, out: Path) -> int:
-    """synth, then the pipeline through the local runner, then the leaderboard."""
-    started = time.monotonic()
-    print(f"demo: writing a synthetic dataset to {out / 'synthetic'}", flush=True)
-    synthesize(out / "synthetic", per_class=args.per_class, seed=settings.SEED,
-               min_size=DEMO["film_size"][0], max_size=DEMO["film_size"][1])
+def shown(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it (runs/demo-TIME/report), else whole."""
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def run_pipeline(args: argparse.Namespace, out: Path, runs: list[dict]) -> bool:
+    """The pipeline through kfp.local; False when it ended failed (the verdict step: a training is missing)."""
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "pipeline-root"))
-    complete = True
     try:
         chest_xray_benchmark(
-            source=str(out / "synthetic"), backbones=args.backbones.split(","), regimes=args.regimes.split(","),
-            epochs=args.epochs,
+            source=str(out / "synthetic"), backbones=list(dict.fromkeys(run["backbone"] for run in runs)),
+            regimes=list(dict.fromkeys(run["regime"] for run in runs)), epochs=args.epochs,
             batch_size=DEMO["batch_size"], learning_rate=DEMO["learning_rate"], image_size=args.image_size,
             weights=DEMO["weights"], processed_image_size=DEMO["processed_image_size"],
             val_fraction=DEMO["val_fraction"], device=DEMO["device"], checkpoint_root=str(out / "checkpoints"))
     except RuntimeError:
-        complete = False  # the verdict step failed: a training is missing; its report of the others is there
-    reports = sorted((out / "pipeline-root").rglob("leaderboard.csv"))
+        return False  # the verdict step failed: a training is missing; its report of the others is there
+    return True
+
+
+def run(args: argparse.Namespace, out: Path, runs: list[dict]) -> int:
+    """synth, then the pipeline through the local runner (its output in demo.log unless --verbose), then the
+    leaderboard and the report's short path."""
+    started = time.monotonic()
+    synthesize(out / "synthetic", per_class=args.per_class, seed=settings.SEED,
+               min_size=DEMO["film_size"][0], max_size=DEMO["film_size"][1])
+    print(f"demo: {2 * args.per_class} synthetic films in {shown(out / 'synthetic')}; {len(runs)} trainings",
+          flush=True)
+    log = out / LOG
+    if args.verbose:
+        complete = run_pipeline(args, out, runs)
+    else:
+        print(f"demo: running the pipeline through kfp.local; everything it prints goes to {shown(log)}", flush=True)
+        with progress_view(log, sys.stdout) as view:
+            complete = run_pipeline(args, out, runs)
+        if view.failed:
+            print(f"demo: {', '.join(task.name for task in view.failed)} failed; the full log: {shown(log)}",
+                  file=sys.stderr)
+    reports = sorted((out / "pipeline-root").rglob(files.LEADERBOARD_CSV))
     if not reports:
-        print(f"demo: the pipeline failed before its report; see the log above ({out})", file=sys.stderr)
+        print(f"demo: the pipeline failed before its report; see {'the log above' if args.verbose else shown(log)}",
+              file=sys.stderr)
         return 1
-    report = reports[0].parent
+    report = out / "report"
+    report.symlink_to(reports[0].parent.relative_to(out), target_is_directory=True)
     print(f"\ndemo: finished in {time.monotonic() - started:.0f} s\n")
-    columns = ["backbone", "regime", "test_accuracy", "sensitivity", "specificity", "roc_auc", "vs_best", "brier",
-               "learning_time", "epochs"]
-    table = pd.read_csv(report / "leaderboard.csv").astype({"epochs": "Int64"})  # the Ensemble row has none
-    print(table[[c for c in columns if c in table]].to_string(index=False, float_format="%.3f"), "\n")
-    print(f"demo: the report is in {report}\n      open {report / 'report.html'}")
+    table = pd.read_csv(report / files.LEADERBOARD_CSV)
+    shown_columns = [column for column in CONSOLE_COLUMNS if column in table]
+    print(cells(table[shown_columns], decimals=3).to_string(index=False), "\n")
+    print(f"demo: the report:    {shown(report / files.REPORT_HTML)}\n"
+          f"      leaderboard:   {shown(report / files.LEADERBOARD_MD)}\n"
+          f"      graphs:        {shown(report)}/*.png")
+    if not args.verbose:
+        print(f"      the full log:  {shown(log)}")
     if not complete:
         print("demo: a training is missing from the comparison (see the report's Missing section)", file=sys.stderr)
         return 1

@@ -155,6 +155,22 @@ def test_plan_lists_every_backbone_regime_and_seed_and_refuses_repeats():
         plan_runs([], [42])
 
 
+def test_every_name_a_user_types_is_matched_without_blanks_in_any_case():
+    from cxr.training.plan import TrainSettings, plan_runs
+
+    assert plan_runs([" vgg16 ", "MOBILENET"], [42], [" FROZEN", "Finetune "]) == [
+        {"backbone": "VGG16", "regime": "frozen", "seed": 42}, {"backbone": "VGG16", "regime": "finetune", "seed": 42},
+        {"backbone": "MobileNet", "regime": "frozen", "seed": 42},
+        {"backbone": "MobileNet", "regime": "finetune", "seed": 42}]
+    with pytest.raises(UserError, match="regimes: frozen is listed more than once"):
+        plan_runs(["VGG16"], [1], ["frozen", "Frozen"])
+    options = TrainSettings(" resnet50", regime="FROZEN ")
+    options.validate()
+    assert (options.backbone, options.regime) == ("ResNet50", "frozen")
+    with pytest.raises(UserError, match="--regime must be one of finetune, frozen, got 'sideways'"):
+        TrainSettings("ResNet50", regime="sideways").validate()
+
+
 def test_the_plan_knows_the_registrys_backbones_without_importing_tensorflow():
     import subprocess
     import sys

@@ -276,6 +276,14 @@ def test_regimes_are_rows_of_their_own_compared_side_by_side(tmp_path):
     low, high = frozen["roc_auc_ci95"].split("-")
     assert f"{frozen['roc_auc']:.3f} ({low}-{high})" in frozen_line and "0:01:46 / 0:01:47 †" in frozen_line
     assert "† A frozen row's learning time includes its feature extraction" in markdown
+    # Every column: counts as whole numbers, nothing where a row has no value (the ensemble trains nothing).
+    full = pd.read_csv(io.StringIO(markdown.split("## Every column")[1].strip()), sep="|", dtype=str,
+                       keep_default_na=False).iloc[1:, 1:-1]
+    full.columns = [c.strip() for c in full.columns]
+    full = full.map(str.strip).set_index(["backbone", "regime"])
+    assert full.loc[("ResNet50", "frozen"), ["seeds", "epochs"]].tolist() == ["2", "3"]
+    assert full.loc[("Ensemble", "finetune + frozen"), ["seeds", "epochs", "learning_time"]].tolist() == ["", "", ""]
+    assert not {"nan", "NaN", "<NA>", "None"} & set(full.to_numpy().ravel())
     html = written["report.html"].read_text()
     assert "<tr><td>ResNet50</td><td>frozen</td>" in html
     assert "A frozen row's learning time includes its feature extraction" in html

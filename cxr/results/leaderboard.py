@@ -24,6 +24,8 @@ COLUMNS = ["backbone", "regime", "seeds", "train_loss", "train_accuracy", "val_l
            "val_threshold", "sensitivity_at_val_threshold", "sensitivity_at_val_threshold_ci95",
            "specificity_at_val_threshold", "specificity_at_val_threshold_ci95", "learning_time",
            "learning_seconds", "epochs"]
+# The columns that count something: whole numbers, shown without decimals (epochs is a mean over seeds).
+COUNTS = ("seeds", "epochs")
 # The compact table that leads the report (it fits a 1,300 px window): its headings and the full table's columns
 # each is made of (a value and, where there is one, its interval).
 COMPACT = {"backbone": ("backbone", None), "regime": ("regime", None),
@@ -177,11 +179,26 @@ def has_frozen(table: pd.DataFrame) -> bool:
     return bool((table["regime"] == "frozen").any()) if not table.empty else False
 
 
-def cell(value) -> str:
-    """A table cell as text: 4 decimals, nothing for an undefined value."""
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+def cell(value, decimals: int = 4) -> str:
+    """A table cell as text: a number with `decimals` decimals, nothing for an undefined value."""
+    if value is None or pd.isna(value):
         return ""
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return f"{value:.{decimals}f}" if isinstance(value, float) else str(value)
+
+
+def count_cell(value) -> str:
+    """A count's cell (seeds, epochs): a whole number as one (4, not 4.0000); a mean over seeds that is not whole
+    with one decimal; nothing for an undefined value (the ensemble has no epochs)."""
+    if value is None or pd.isna(value):
+        return ""
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+
+
+def cells(table: pd.DataFrame, decimals: int = 4) -> pd.DataFrame:
+    """Every cell of a leaderboard (or of some of its columns) as text: counts as whole numbers, other numbers
+    with `decimals` decimals, undefined values empty."""
+    return table.apply(lambda column: column.map(count_cell if column.name in COUNTS
+                                                 else lambda value: cell(value, decimals)))
 
 
 def _with_interval(value, interval) -> str:

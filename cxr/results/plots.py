@@ -55,21 +55,24 @@ def loss_acc(runs: Sequence[Result], name: str, path: Path) -> None:
 
 def accuracy_vs_time(rows: Sequence[Contender], path: Path) -> None:
     """x: learning time (a frozen run's feature extraction included), y: accuracy, train / validation / test
-    marked for each run (the seed's section 5); one colour per contender, hollow markers for a frozen backbone."""
-    figure, axis = plt.subplots(figsize=(9, 5.5))
+    marked for each run (the seed's section 5); one colour per backbone, hollow markers for a frozen one. The
+    contenders are named in a legend beside the axes, not next to their points: runs of similar time and accuracy
+    would draw their names over each other."""
+    figure, axis = plt.subplots(figsize=(11, 5.5))
     trained = [c for c in rows if c.runs]
     colour = colours(rows)
+    contenders = []
     for contender in trained:
-        hollow, tint = contender.regime == "frozen", colour[contender.backbone]
+        tint = colour[contender.backbone]
+        style = ({"facecolors": "none", "edgecolors": tint, "linewidths": 1.5} if contender.regime == "frozen"
+                 else {"color": tint})
         for run in contender.runs:
-            minutes = run.learning_seconds / 60
             values = {"train": run.training["best"]["accuracy"], "validation": run.training["best"]["val_accuracy"],
                       "test": run.metrics["at_default_threshold"]["accuracy"]["value"]}
             for split, value in values.items():
-                style = ({"facecolors": "none", "edgecolors": tint, "linewidths": 1.5} if hollow
-                         else {"color": tint})
-                axis.scatter(minutes, value, marker=SPLIT_MARKERS[split], s=60, **style)
-        axis.annotate(contender.name, (minutes, values["test"]), textcoords="offset points", xytext=(6, -4))
+                axis.scatter(run.learning_seconds / 60, value, marker=SPLIT_MARKERS[split], s=60, **style)
+        contenders.append(Line2D([], [], marker="o", linestyle="", color=tint, label=contender.name,
+                                 markerfacecolor="none" if contender.regime == "frozen" else tint))
     handles = [Line2D([], [], marker=marker, color="black", linestyle="", label=split)
                for split, marker in SPLIT_MARKERS.items()]
     regimes = {c.regime for c in trained}
@@ -78,9 +81,11 @@ def accuracy_vs_time(rows: Sequence[Contender], path: Path) -> None:
                     Line2D([], [], marker="o", color="grey", markerfacecolor="none", linestyle="",
                            label="frozen (hollow; features included)")]
     axis.set(xlabel="learning time (minutes)", ylabel="accuracy", title="Backbones: accuracy vs learning time")
-    axis.margins(x=0.2)  # room for the names beside the rightmost points
+    axis.margins(x=0.1)
     axis.grid(alpha=0.3)
-    axis.legend(handles=handles, fontsize="small")
+    axis.add_artist(axis.legend(handles=contenders, fontsize="small", title="model", loc="upper left",
+                                bbox_to_anchor=(1.02, 1)))
+    axis.legend(handles=handles, fontsize="small", loc="lower left", bbox_to_anchor=(1.02, 0))
     _save(figure, path)
 
 

@@ -148,7 +148,7 @@ def _write(results: list[Result], missing: list[Failure], notes: list[str], out:
     table.to_csv(written[files.LEADERBOARD_CSV], index=False)
     text = dict(summary=board.comparison_summary(table), missing=[failure.line() for failure in missing],
                 notes=[*notes, *_data_notes(results)],
-                compact=board.compact(table), full=table.map(board.cell), footnote=board.has_frozen(table),
+                compact=board.compact(table), full=board.cells(table), footnote=board.has_frozen(table),
                 mark=board.FEATURES_MARK)
     written[files.LEADERBOARD_MD].write_text(render.leaderboard_markdown(**text))
     sections = _sections(results, table, explain_dirs, card_data, out) if results else []

@@ -13,13 +13,29 @@ from cxr import settings
 from cxr.errors import UserError
 
 
+def spelling(name: str, known: tuple[str, ...]) -> str | None:
+    """`name` as `known` spells it, or None. The one rule for every name a user types (backbones, regimes), on the
+    command line, in the demo and in the pipeline's plan: blanks around it are dropped and letter case does not
+    matter."""
+    return next((known_name for known_name in known if known_name.lower() == name.strip().lower()), None)
+
+
+def canonical_name(name: str, known: tuple[str, ...], what: str) -> str:
+    """`name` as `known` spells it; an unknown name is refused in one line that lists the known ones."""
+    if (found := spelling(name, known)) is None:
+        raise UserError(f"unknown {what} {name.strip()!r}; valid: {', '.join(known)}")
+    return found
+
+
 def canonical_backbone(name: str) -> str:
-    """The backbone called `name`, in any letter case, as settings.ALL_BACKBONES spells it (the registry in
-    cxr.training.backbones has the same names)."""
-    for known in settings.ALL_BACKBONES:
-        if known.lower() == name.lower():
-            return known
-    raise UserError(f"unknown backbone {name!r}; valid: {', '.join(settings.ALL_BACKBONES)}")
+    """The backbone called `name` as settings.ALL_BACKBONES spells it (the registry in cxr.training.backbones has
+    the same names)."""
+    return canonical_name(name, tuple(settings.ALL_BACKBONES), "backbone")
+
+
+def canonical_regime(name: str) -> str:
+    """The regime called `name` as settings.REGIMES spells it."""
+    return canonical_name(name, settings.REGIMES, "regime")
 
 
 # Where an option appears besides the CLI: "pipeline" options are pipeline parameters passed to every train task;
@@ -63,6 +79,12 @@ class TrainSettings:
     mixed_precision: bool | None = option(None, "mixed precision (auto: on with a GPU)", scope=CLI_ONLY)
     xla: bool | None = option(None, "XLA compilation (auto: on with a GPU)", scope=CLI_ONLY)
 
+    def __post_init__(self) -> None:
+        """A backbone and a regime typed in any case, with blanks around, become their canonical spellings; an
+        unknown one is left for validate() (or the backbone registry) to refuse in one line."""
+        for name, known in (("backbone", tuple(settings.ALL_BACKBONES)), ("regime", settings.REGIMES)):
+            object.__setattr__(self, name, spelling(getattr(self, name), known) or getattr(self, name))
+
     @classmethod
     def options(cls, scope: str | None = None) -> list[Field]:
         """The declared options, in declaration order; only those of `scope` when given."""
@@ -85,7 +107,7 @@ class TrainSettings:
             raise UserError(f"{flag('learning_rate')} must be a positive number, got {self.learning_rate}")
         if not 0 <= self.dropout < 1:
             raise UserError(f"{flag('dropout')} must be in [0, 1), got {self.dropout}")
-        if self.regime not in settings.REGIMES:
+        if self.regime not in settings.REGIMES:  # __post_init__ spelled a known one as settings.REGIMES does
             raise UserError(f"{flag('regime')} must be one of {', '.join(settings.REGIMES)}, got {self.regime!r}")
         if not 0 <= self.image_size <= settings.MAX_IMAGE_SIZE:
             raise UserError(f"{flag('image_size')} must be 0 (native) or a size in pixels up to "
@@ -117,9 +139,11 @@ def plan_runs(names: list[str], seeds: list[int], regimes: list[str] = settings.
         raise UserError("seeds: the list is empty")
     if not regimes:
         raise UserError("regimes: the list is empty")
+    try:
+        regimes = [canonical_regime(str(regime)) for regime in regimes]
+    except UserError as error:
+        raise UserError(f"regimes: {error}") from None
     for regime in regimes:
-        if regime not in settings.REGIMES:
-            raise UserError(f"regimes: unknown regime {regime!r}; valid: {', '.join(settings.REGIMES)}")
         if regimes.count(regime) > 1:
             raise UserError(f"regimes: {regime} is listed more than once in {list(regimes)}")
     canonical = [canonical_backbone(str(name)) for name in names]

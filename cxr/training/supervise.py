@@ -82,7 +82,9 @@ def _supervise(data_dir: Path, out: Path, options: TrainSettings, checkpoint: Pa
     while record["started"] < attempts:
         record["started"] += 1
         counter.write_text(json.dumps(record))
-        print(f"train: attempt {record['started']} of {attempts}", file=sys.stderr, flush=True)
+        # Names the training first: the local demo's progress view (pipelines/local_progress.py) reads it.
+        print(f"train: {options.backbone} · {options.regime}, seed {options.seed}: attempt {record['started']} of "
+              f"{attempts}", file=sys.stderr, flush=True)
         returncode, last_line = _run_child(request)
         if returncode == 0:
             return Outcome(json.loads((Path(out) / files.TRAIN_METRICS).read_text()), None)
