@@ -12,8 +12,8 @@ after its key and holding:
 
 It is written into `<name>.partial-<random>/`, which is renamed into place only once complete (an atomic rename):
 a process killed while extracting leaves a partial folder, never a cache. Only folders holding the marker are ever
-cleared or rebuilt: one of the user's that merely has a matching name is left alone. Every use checks meta.json's key and
-every file's size and SHA-256 first; a cache that fails the check is rebuilt, never read. Builders take an
+cleared or rebuilt: one of the user's that merely has a matching name is left alone. Every use checks meta.json's
+key and every file's size and SHA-256 first; a cache that fails the check is rebuilt, never read. Builders take an
 exclusive flock on `<name>.lock` (the lock dies with its process): a second training that needs the same cache
 waits for the first and then reuses its work. Readers take no lock: a published cache is never modified, and one
 found damaged is renamed aside before it is deleted, so an open memmap of it stays valid.
