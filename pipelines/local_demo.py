@@ -58,15 +58,19 @@ def check(args: argparse.Namespace) -> Path:
     out = args.out.resolve()
     if out.is_dir() and any(out.iterdir()):
         raise UserError(f"{out} is not empty; remove it or pass --out NEW_FOLDER")
-    runs = plan_runs([name.strip() for name in args.backbones.split(",") if name.strip()], settings.SEEDS,
-                     [regime.strip() for regime in args.regimes.split(",") if regime.strip()])
+    runs = plan_runs(_words(args.backbones), settings.SEEDS, _words(args.regimes), _words(args.heads))
     plan_splits(args.per_class)
     for run in runs:
         TrainSettings(run["backbone"], epochs=args.epochs, batch_size=DEMO["batch_size"],
                       learning_rate=DEMO["learning_rate"], image_size=args.image_size, weights=DEMO["weights"],
-                      regime=run["regime"]).validate()
+                      regime=run["regime"], head=run["head"]).validate()
     make_folder(out, "--out")  # last: a file, or a place that cannot be created, is one line too
     return out
+
+
+def _words(listed: str) -> list[str]:
+    """A comma-separated option's values, blanks dropped."""
+    return [word.strip() for word in listed.split(",") if word.strip()]
 
 
 def main() -> int:
@@ -75,6 +79,7 @@ def main() -> int:
     parser.add_argument("--backbones", default=",".join(DEMO["backbones"]),
                         help=f"any of {', '.join(settings.ALL_BACKBONES)}")
     parser.add_argument("--regimes", default=",".join(DEMO["regimes"]), help=" and/or ".join(settings.REGIMES))
+    parser.add_argument("--heads", default=",".join(settings.PIPELINE_HEADS), help=", ".join(settings.HEADS))
     parser.add_argument("--per-class", type=int, default=DEMO["per_class"])
     parser.add_argument("--epochs", type=int, default=DEMO["epochs"])
     parser.add_argument("--image-size", type=int, default=DEMO["image_size"])
@@ -96,8 +101,8 @@ def run(args: argparse.Namespace, out: Path) -> int:
     complete = True
     try:
         chest_xray_benchmark(
-            source=str(out / "synthetic"), backbones=args.backbones.split(","), regimes=args.regimes.split(","),
-            epochs=args.epochs,
+            source=str(out / "synthetic"), backbones=_words(args.backbones), regimes=_words(args.regimes),
+            heads=_words(args.heads), epochs=args.epochs,
             batch_size=DEMO["batch_size"], learning_rate=DEMO["learning_rate"], image_size=args.image_size,
             weights=DEMO["weights"], processed_image_size=DEMO["processed_image_size"],
             val_fraction=DEMO["val_fraction"], device=DEMO["device"], checkpoint_root=str(out / "checkpoints"))
@@ -109,8 +114,8 @@ def run(args: argparse.Namespace, out: Path) -> int:
         return 1
     report = reports[0].parent
     print(f"\ndemo: finished in {time.monotonic() - started:.0f} s\n")
-    columns = ["backbone", "regime", "test_accuracy", "sensitivity", "specificity", "roc_auc", "vs_best", "brier",
-               "learning_time", "epochs"]
+    columns = ["backbone", "regime", "head", "test_accuracy", "sensitivity", "specificity", "roc_auc", "vs_best",
+               "brier", "learning_time", "epochs"]
     table = pd.read_csv(report / "leaderboard.csv").astype({"epochs": "Int64"})  # the Ensemble row has none
     print(table[[c for c in columns if c in table]].to_string(index=False, float_format="%.3f"), "\n")
     print(f"demo: the report is in {report}\n      open {report / 'report.html'}")

@@ -57,6 +57,8 @@ class TrainSettings:
                           "imagenet, none, a weights file, or a folder or gs:// prefix of the ImageNet files")
     regime: str = option(settings.DEFAULT_REGIME, "finetune: the whole network; frozen: the backbone fixed, the head "
                          "trained on its cached features", scope=PER_RUN)
+    head: str = option(settings.DEFAULT_HEAD, "seed: the seed's Dense head; linear: a logistic-regression probe on "
+                       "the pooled features; knn: cosine k-nearest neighbours on them (frozen only)", scope=PER_RUN)
     patience: int = option(settings.PATIENCE, "early-stopping epochs without a better validation loss")
     seed: int = option(settings.SEED, "the training seed (initialisation, shuffling, dropout)", scope=PER_RUN)
     mixed_precision: bool | None = option(None, "mixed precision (auto: on with a GPU)", scope=CLI_ONLY)
@@ -86,6 +88,11 @@ class TrainSettings:
             raise UserError(f"{flag('dropout')} must be in [0, 1), got {self.dropout}")
         if self.regime not in settings.REGIMES:
             raise UserError(f"{flag('regime')} must be one of {', '.join(settings.REGIMES)}, got {self.regime!r}")
+        if self.head not in settings.HEADS:
+            raise UserError(f"{flag('head')} must be one of {', '.join(settings.HEADS)}, got {self.head!r}")
+        if self.head in settings.FROZEN_ONLY_HEADS and self.regime != "frozen":
+            raise UserError(f"{flag('head')} {self.head} has nothing to train end to end: use it with "
+                            f"{flag('regime')} frozen")
         if not 0 <= self.image_size <= settings.MAX_IMAGE_SIZE:
             raise UserError(f"{flag('image_size')} must be 0 (native) or a size in pixels up to "
                             f"{settings.MAX_IMAGE_SIZE}, got {self.image_size}")
@@ -106,21 +113,29 @@ def check_weights(weights: str) -> None:
                         "a folder of them")
 
 
-def plan_runs(names: list[str], seeds: list[int], regimes: list[str] = settings.PIPELINE_REGIMES) -> list[dict]:
-    """One training per backbone, regime and seed, {"backbone": canonical name, "regime": str, "seed": int},
-    checked before any work: an unknown name or regime, a backbone listed twice (in any letter case: both would
-    share one checkpoint), a repeated regime or seed is refused with one line."""
+def _refuse_repeats(name: str, values: list, valid: tuple[str, ...]) -> None:
+    """Refuse an empty list, an unknown value or one listed twice (`name`: the pipeline parameter)."""
+    if not values:
+        raise UserError(f"{name}: the list is empty")
+    for value in values:
+        if value not in valid:
+            raise UserError(f"{name}: unknown {name[:-1]} {value!r}; valid: {', '.join(valid)}")
+        if values.count(value) > 1:
+            raise UserError(f"{name}: {value} is listed more than once in {list(values)}")
+
+
+def plan_runs(names: list[str], seeds: list[int], regimes: list[str] = settings.PIPELINE_REGIMES,
+              heads: list[str] = settings.PIPELINE_HEADS) -> list[dict]:
+    """One training per backbone, regime, head and seed, {"backbone": canonical name, "regime": str, "head": str,
+    "seed": int}, checked before any work: an unknown name, regime or head, a backbone listed twice (in any letter
+    case: both would share one checkpoint), a repeated regime, head or seed is refused with one line. A frozen-only
+    head (knn) is planned in the frozen regime alone; a plan left empty by that is refused."""
     if not names:
         raise UserError("backbones: the list is empty")
     if not seeds:
         raise UserError("seeds: the list is empty")
-    if not regimes:
-        raise UserError("regimes: the list is empty")
-    for regime in regimes:
-        if regime not in settings.REGIMES:
-            raise UserError(f"regimes: unknown regime {regime!r}; valid: {', '.join(settings.REGIMES)}")
-        if regimes.count(regime) > 1:
-            raise UserError(f"regimes: {regime} is listed more than once in {list(regimes)}")
+    _refuse_repeats("regimes", regimes, settings.REGIMES)
+    _refuse_repeats("heads", heads, settings.HEADS)
     canonical = [canonical_backbone(str(name)) for name in names]
     for name in canonical:
         if canonical.count(name) > 1:
@@ -132,16 +147,23 @@ def plan_runs(names: list[str], seeds: list[int], regimes: list[str] = settings.
     seeds = [int(seed) for seed in seeds]
     if len(set(seeds)) != len(seeds):
         raise UserError(f"seeds: a seed is repeated in {seeds}")
-    return [{"backbone": name, "regime": regime, "seed": seed}
-            for name in canonical for regime in regimes for seed in seeds]
+    pairs = [(regime, head) for regime in regimes for head in heads
+             if regime == "frozen" or head not in settings.FROZEN_ONLY_HEADS]
+    if not pairs:
+        raise UserError(f"heads: {', '.join(heads)} train only in the frozen regime; add frozen to regimes")
+    return [{"backbone": name, "regime": regime, "head": head, "seed": seed}
+            for name in canonical for regime, head in pairs for seed in seeds]
 
 
-def pipeline_checkpoint(root: str, run_id: str, backbone: str, regime: str, seed: int) -> Path:
-    """Where a pipeline's train task keeps its checkpoint: per run, backbone, regime and seed under `root` (a volume
+def pipeline_checkpoint(root: str, run_id: str, backbone: str, regime: str, seed: int,
+                        head: str = settings.DEFAULT_HEAD) -> Path:
+    """Where a pipeline's train task keeps its checkpoint: per run, backbone, regime, head and seed under `root` (a
+    volume
     that outlives the pod, so a retried task finds it), or in a fresh temporary folder when `root` is empty, which
     keeps checkpoints out of the uploaded model artifact."""
     base = Path(root) if root else Path(tempfile.mkdtemp(prefix="checkpoint-"))
-    return base / run_id / f"{canonical_backbone(backbone).lower()}-{regime}-seed{seed}"
+    variant = regime if head == settings.DEFAULT_HEAD else f"{regime}-{head}"  # the seed's head: names as before
+    return base / run_id / f"{canonical_backbone(backbone).lower()}-{variant}-seed{seed}"
 
 
 def pipeline_features(root: str) -> Path | None:
