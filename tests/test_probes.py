@@ -165,7 +165,8 @@ def test_a_probes_saved_model_takes_raw_films_and_predict_equals_evaluate(probes
     np.testing.assert_allclose(predicted["probability"], evaluated["probability"], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("head", ["linear", "knn"])
+# The linear probe's Grad-CAM and export take the seed head's path (a Dense kernel); kNN's layer is the new one.
+@pytest.mark.parametrize("head", [pytest.param("linear", marks=pytest.mark.slow), "knn"])
 def test_a_probe_is_explained_and_exported(probes, processed_dataset, head, tmp_path):
     root = probes[0]
     assert main(["explain", "--data", str(processed_dataset), "--model", str(root / head), "--result",
@@ -174,6 +175,45 @@ def test_a_probe_is_explained_and_exported(probes, processed_dataset, head, tmp_
     assert main(["export", "--model", str(root / head), "--result", str(root / f"{head}-result"), "--out",
                  str(tmp_path / "exported")]) == 0
     assert (tmp_path / "exported" / "1").is_dir()
+
+
+@pytest.mark.slow
+def test_a_knn_probe_is_served_and_answers_what_predict_gives(probes, raw_dataset, tmp_path):
+    """A real `cxr serve` process on a loopback port, called over HTTP (KServe's v1 protocol)."""
+    import base64
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    from tests.conftest import free_port
+
+    root = probes[0]
+    evaluated = pd.read_csv(root / "knn-result" / files.PREDICTIONS)
+    films = [raw_dataset / source for source in evaluated["source"][:4]]
+    port = free_port()
+    with (tmp_path / "stderr.log").open("w") as stderr:
+        server = subprocess.Popen([str(Path(sys.executable).with_name("cxr")), "serve", "--model", str(root / "knn"),
+                                   "--result", str(root / "knn-result"), "--port", str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 300  # TensorFlow's import and the model's load on a busy 2-core machine
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except (requests.ConnectionError, requests.Timeout):
+                time.sleep(0.5)
+        body = {"instances": [{"b64": base64.b64encode(film.read_bytes()).decode()} for film in films]}
+        response = requests.post(f"http://127.0.0.1:{port}/v1/models/{settings.SERVE_MODEL_NAME}:predict",
+                                 json=body, timeout=120)
+        assert response.status_code == 200, (response.text, (tmp_path / "stderr.log").read_text()[-2000:])
+        served = [p["probability"] for p in response.json()["predictions"]]
+        np.testing.assert_allclose(served, evaluated["probability"][:4], atol=1e-4, rtol=0)
+    finally:
+        server.kill()
+        server.wait(timeout=30)
 
 
 @pytest.mark.slow
