@@ -2,7 +2,8 @@
 end to end (ingest -> preprocess -> train -> evaluate -> report), against the fine-tune study projected from its
 measured epoch time, in the same run.
 
-    python benchmarks/study_cost.py [--scale 1.0] [--backbones MobileNet,...] [--finetune-films 128]
+    python benchmarks/study_cost.py [--scale 1.0] [--backbones MobileNet,...] [--heads seed,linear,knn]
+                                    [--finetune-films 128]
                                     [--weights none] [--keep DIR]
 
 Films are synthetic, of the real archive's count and sizes (5,856 films of 1,000-2,500 px at --scale 1; a fraction
@@ -68,22 +69,28 @@ def dataset(work: Path, name: str, per_class: int) -> tuple[Path, dict[str, floa
     return processed, times
 
 
-def frozen_study(work: Path, processed: Path, backbones: list[str], weights: str) -> dict[str, float]:
-    """Train (extraction + head) and evaluate every backbone in the frozen regime, then the report."""
+def frozen_study(work: Path, processed: Path, backbones: list[str], heads: list[str],
+                 weights: str) -> dict[str, float]:
+    """Train (extraction + head) and evaluate every backbone with every head in the frozen regime, then the report.
+    The first head of a backbone extracts its features; the others reuse the cache."""
     times, results = {}, []
+    films = len((processed / "manifest.csv").read_text().splitlines()) - 1  # every split is extracted
     for backbone in backbones:
-        model, result = work / f"frozen-{backbone}", work / f"frozen-{backbone}-result"
-        times[f"{backbone}: train"] = run(f"{backbone}: train (frozen)", "train", "--data", str(processed),
-                                          "--backbone", backbone, "--out", str(model), "--regime", "frozen",
-                                          "--weights", weights, "--features", str(work / "features"))
-        metrics = json.loads((model / "train_metrics.json").read_text())
-        films = len((processed / "manifest.csv").read_text().splitlines()) - 1  # every split is extracted
-        print(f"    features of {films} films: {metrics['feature_seconds']:.1f} s "
-              f"({films / max(metrics['feature_seconds'], 1e-9):.1f} films/s, model building included); head: "
-              f"{metrics['epochs_run']} epochs in {metrics['learning_time_seconds']:.1f} s", flush=True)
-        times[f"{backbone}: evaluate"] = run(f"{backbone}: evaluate", "evaluate", "--data", str(processed),
-                                             "--model", str(model), "--out", str(result))
-        results.append(str(result))
+        for head in heads:
+            model, result = work / f"frozen-{backbone}-{head}", work / f"frozen-{backbone}-{head}-result"
+            times[f"{backbone} {head}: train"] = run(f"{backbone} {head}: train", "train", "--data", str(processed),
+                                                     "--backbone", backbone, "--out", str(model), "--regime",
+                                                     "frozen", "--head", head, "--weights", weights,
+                                                     "--features", str(work / "features"))
+            metrics = json.loads((model / "train_metrics.json").read_text())
+            if metrics["feature_seconds"]:
+                print(f"    features of {films} films: {metrics['feature_seconds']:.1f} s "
+                      f"({films / metrics['feature_seconds']:.1f} films/s, model building included)", flush=True)
+            print(f"    {head} head: {metrics['learning_time_seconds']:.1f} s of training "
+                  f"({metrics['epochs_run']} epochs)", flush=True)
+            times[f"{backbone} {head}: evaluate"] = run(f"{backbone} {head}: evaluate", "evaluate", "--data",
+                                                        str(processed), "--model", str(model), "--out", str(result))
+            results.append(str(result))
     times["report"] = run("report", "report", *results, "--out", str(work / "report"))
     return times
 
@@ -108,6 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the real archive's 5,856 films")
     parser.add_argument("--backbones", default=",".join(settings.BACKBONES))
+    parser.add_argument("--heads", default=",".join(settings.PIPELINE_HEADS), help=", ".join(settings.HEADS))
     parser.add_argument("--finetune-films", type=int, default=128, help="training films of each fine-tune epoch")
     parser.add_argument("--weights", default="none", help="none (no download) or imagenet")
     parser.add_argument("--keep", type=Path, help="a new folder to keep everything in (default: a temporary one)")
@@ -126,7 +134,7 @@ def main() -> None:
               f"weights {args.weights}, {os.cpu_count()} cores")
         started = time.perf_counter()
         processed, data_times = dataset(work, "study", per_class)
-        study_times = frozen_study(work, processed, backbones, args.weights)
+        study_times = frozen_study(work, processed, backbones, args.heads.split(","), args.weights)
         frozen_total = time.perf_counter() - started
         data_seconds = sum(v for k, v in data_times.items() if not k.startswith("synth"))
         frozen_without_synth = data_seconds + sum(study_times.values())

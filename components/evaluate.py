@@ -16,9 +16,10 @@ def evaluate_backbone(processed: Input[Dataset], model: Input[Model], batch_size
     evaluation = evaluate_or_record_failure(processed.path, model.path, result.path, batch_size=batch_size)
     if isinstance(evaluation, Failure):
         result.metadata.update({"backbone": evaluation.backbone, "regime": evaluation.regime,
-                                "seed": evaluation.seed, "failure": evaluation.reason})
+                                "head": evaluation.head, "seed": evaluation.seed, "failure": evaluation.reason})
         return
-    result.metadata.update({"backbone": evaluation["backbone"], "regime": evaluation["regime"]})
+    result.metadata.update({"backbone": evaluation["backbone"], "regime": evaluation["regime"],
+                            "head": evaluation["head"]})
     for name, value in evaluation_scalars(evaluation).items():
         metrics.log_metric(name, value)
     classification.log_confusion_matrix(list(settings.CLASS_NAMES),

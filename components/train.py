@@ -6,8 +6,8 @@ from cxr import settings
 
 @dsl.component(base_image=settings.COMPONENT_IMAGE, install_kfp_package=False)
 def train_backbone(processed: Input[Dataset], backbone: str, epochs: int, batch_size: int, learning_rate: float,
-                   dense_units: int, dropout: float, image_size: int, weights: str, regime: str, patience: int,
-                   seed: int, device: str, checkpoint_root: str, run_id: str, model: Output[Model],
+                   dense_units: int, dropout: float, image_size: int, weights: str, regime: str, head: str,
+                   patience: int, seed: int, device: str, checkpoint_root: str, run_id: str, model: Output[Model],
                    train_metrics: Output[Metrics]):
     """Train one backbone in a watched child process: a crash resumes from the last epoch (with `checkpoint_root`
     on a volume, a retried pod too); a training that fails for good leaves failure.json for the report. A frozen
@@ -21,9 +21,9 @@ def train_backbone(processed: Input[Dataset], backbone: str, epochs: int, batch_
 
     options = TrainSettings.from_values(locals())
     outcome = train_supervised(processed.path, model.path, options, device=device, attempts=settings.TRAIN_ATTEMPTS,
-                               checkpoint=pipeline_checkpoint(checkpoint_root, run_id, backbone, regime, seed),
+                               checkpoint=pipeline_checkpoint(checkpoint_root, run_id, backbone, regime, seed, head),
                                features=pipeline_features(checkpoint_root))
-    model.metadata.update({"backbone": backbone, "regime": regime, "seed": seed})
+    model.metadata.update({"backbone": backbone, "regime": regime, "head": head, "seed": seed})
     if outcome.failure:  # failure.json is in the model folder: evaluate passes it on to the report
         model.metadata["failure"] = outcome.failure
         return

@@ -259,6 +259,11 @@ def _regime(record: Mapping, path: Path, key: str) -> str:
     return _string(record, path, key, settings.REGIMES) if _has(record, key) else settings.DEFAULT_REGIME
 
 
+def _head(record: Mapping, path: Path, key: str) -> str:
+    """The record's head, the seed's where it names none (it predates the probes)."""
+    return _string(record, path, key, settings.HEADS) if _has(record, key) else settings.DEFAULT_HEAD
+
+
 def _data(record: Mapping, path: Path, key: str) -> None:
     """A dataset record (cxr.provenance) at `key` where present: its fingerprint and stored size; null allowed (a
     training from before the records)."""
@@ -288,11 +293,12 @@ def _interval(record: Mapping, path: Path, key: str) -> None:
 
 def read_metrics(path: Path) -> dict:
     """metrics.json (cxr evaluate): the test metrics of one backbone and seed, with both thresholds. Adds
-    `regime` ("finetune" where the file predates regimes)."""
+    `regime` ("finetune" where the file predates regimes) and `head` ("seed" where it predates the probes)."""
     path = Path(path)
     metrics = _object(path, "`cxr evaluate`")
     _string(metrics, path, "backbone")
     metrics["regime"] = _regime(metrics, path, "regime")
+    metrics["head"] = _head(metrics, path, "head")
     for name in ("default", "validation"):
         _number(metrics, path, f"thresholds.{name}", 0, 1)
     _number(metrics, path, "test_images", 1, integer=True)
@@ -320,7 +326,8 @@ def read_metrics(path: Path) -> dict:
 
 def read_train_metrics(path: Path) -> dict:
     """train_metrics.json (cxr train): the backbone, its input size, the best epoch's scores, the learning time
-    and the settings. Adds settings.regime ("finetune" where the file predates regimes)."""
+    and the settings. Adds settings.regime ("finetune" where the file predates regimes) and settings.head ("seed"
+    where it predates the probes)."""
     path = Path(path)
     trained = _object(path, "`cxr train`")
     _string(trained, path, "backbone")
@@ -340,6 +347,7 @@ def read_train_metrics(path: Path) -> dict:
     _number(trained, path, "settings.dense_units", 1, integer=True)
     _number(trained, path, "settings.dropout", 0, 1)
     options["regime"] = _regime(trained, path, "settings.regime")
+    options["head"] = _head(trained, path, "settings.head")
     _data(trained, path, "provenance.data")  # the data it was trained on (cxr.provenance); absent in older files
     return trained
 
@@ -381,7 +389,7 @@ def read_failure(folder: Path) -> Failure | None:
         record = read_json(path)
         failure = Failure(_string(record, path, "backbone"), _number(record, path, "seed", integer=True),
                           _string(record, path, "stage"), str(_value(record, path, "reason")),
-                          _regime(record, path, "regime"))
+                          _regime(record, path, "regime"), _head(record, path, "head"))
     except UserError as error:
         raise UserError(f"{path} is not a failure record ({str(error).removeprefix(f'{path}: ')}): it needs "
                         "backbone, seed, stage, reason") from None

@@ -23,11 +23,13 @@ class Failure:
     stage: str  # "train" or "evaluate"
     reason: str  # one line: the error, or how the process died
     regime: str = settings.DEFAULT_REGIME  # settings.REGIMES; records that predate regimes were fine-tuned
+    head: str = settings.DEFAULT_HEAD  # settings.HEADS; records that predate the probes had the seed's head
 
     def line(self) -> str:
-        # The seed's regime goes unnamed, as it always did; another one is named as the report's rows name it.
+        # The seed's regime and head go unnamed, as they always did; others are named as the report's rows are.
         regime = "" if self.regime == settings.DEFAULT_REGIME else f" · {self.regime}"
-        return f"{self.backbone}{regime} (seed {self.seed}) failed in {self.stage}: {self.reason}"
+        head = "" if self.head == settings.DEFAULT_HEAD else f" · {self.head}"
+        return f"{self.backbone}{regime}{head} (seed {self.seed}) failed in {self.stage}: {self.reason}"
 
 
 def write_failure(folder: Path, failure: Failure) -> None:

@@ -47,11 +47,12 @@ LEADERBOARD_MD = "leaderboard.md"
 REPORT_HTML = "report.html"
 
 
-def loss_acc_graph(backbone: str, regime: str = settings.DEFAULT_REGIME) -> str:
-    """The seed's name (its section 4) for a fine-tuned backbone; another regime's carries the regime."""
-    if regime == settings.DEFAULT_REGIME:
-        return f"{backbone}_loss_acc_graph.png"
-    return f"{backbone}_{regime}_loss_acc_graph.png"
+def loss_acc_graph(backbone: str, regime: str = settings.DEFAULT_REGIME, head: str = settings.DEFAULT_HEAD) -> str:
+    """The seed's name (its section 4) for a fine-tuned backbone with its head; another regime's or head's carries
+    them."""
+    variant = "".join(f"_{part}" for part, default in ((regime, settings.DEFAULT_REGIME),
+                                                       (head, settings.DEFAULT_HEAD)) if part != default)
+    return f"{backbone}{variant}_loss_acc_graph.png"
 
 
 def gradcam_panel(backbone: str) -> str:

@@ -123,6 +123,23 @@ MAX_BATCH_SIZE = 1024
 REGIMES = ("finetune", "frozen")
 DEFAULT_REGIME = "finetune"
 PIPELINE_REGIMES = [DEFAULT_REGIME]  # the pipeline's `regimes`: the seed's protocol unless a run asks for more
+# What learns on the backbone's output (docs/regimes.md). "seed": the seed's head (Flatten -> Dense(16) -> Dropout ->
+# Dense), trained with Adam. "linear": L2-regularised logistic regression on the pooled features; "knn": cosine
+# k-nearest neighbours on them: the linear probe and kNN protocols of MedMNIST+ (Doerrich et al. 2024) and of the
+# DINOv2 paper's evaluation (Oquab et al. 2023). The probes are fitted by scikit-learn on the frozen regime's cached
+# features; kNN has nothing to train end to end, so it is frozen only.
+HEADS = ("seed", "linear", "knn")
+DEFAULT_HEAD = "seed"
+PIPELINE_HEADS = [DEFAULT_HEAD]  # the pipeline's `heads`: the seed's head unless a run asks for the probes
+FROZEN_ONLY_HEADS = ("knn",)
+# The linear probe's inverse L2 strength C (scikit-learn's LogisticRegression), chosen on validation ROC AUC: a
+# decade apart from 1e-4 (weights all but zero) to 1e2 (barely regularised), on standardised features, the range
+# MedMNIST+ and scikit-learn's own examples search; a tie keeps the stronger regularisation.
+LINEAR_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+# kNN's neighbours k, chosen on validation ROC AUC: odd (no tied vote at 0.5), from 1 to 101 around the k = 20 of
+# DINO's kNN evaluation (Caron et al. 2021); 101 is about 2 % of the train split. A k above the train films is
+# dropped; a tie keeps the smaller k.
+KNN_K_GRID = (1, 3, 5, 11, 21, 51, 101)
 # The frozen regime's feature caches: a folder of this name beside the checkpoint folder (cxr train) or at the top
 # of the checkpoint volume (the pipeline), so that every seed, rerun and later pipeline run finds them.
 FEATURES_DIR = "features"

@@ -1,5 +1,5 @@
-"""The pipeline: plan -> ingest -> preprocess -> for each backbone, regime and seed in parallel (train -> evaluate ->
-explain) -> aggregate (report, model card, the best model exported) -> verdict.
+"""The pipeline: plan -> ingest -> preprocess -> for each backbone, regime, head and seed in parallel (train ->
+evaluate -> explain) -> aggregate (report, model card, the best model exported) -> verdict.
 
     python -m pipelines.chest_xray_benchmark [--output pipelines/chest_xray_benchmark.yaml]
 
@@ -71,6 +71,7 @@ def chest_xray_benchmark(
     cache: str = "",
     backbones: List[str] = list(settings.BACKBONES),
     regimes: List[str] = list(settings.PIPELINE_REGIMES),
+    heads: List[str] = list(settings.PIPELINE_HEADS),
     seeds: List[int] = list(settings.SEEDS),
     epochs: int = settings.EPOCHS,
     batch_size: int = settings.BATCH_SIZE,
@@ -88,8 +89,8 @@ def chest_xray_benchmark(
     explain_films: int = settings.EXPLAIN_FILMS,
     checkpoint_root: str = CHECKPOINT_MOUNT if settings.CHECKPOINT_PVC else "",
 ) -> Artifact:
-    # Names, regimes and seeds are checked before anything runs: a typo costs seconds, not an ingest.
-    plan = plan_trainings(backbones=backbones, regimes=regimes, seeds=seeds).set_display_name("plan")
+    # Names, regimes, heads and seeds are checked before anything runs: a typo costs seconds, not an ingest.
+    plan = plan_trainings(backbones=backbones, regimes=regimes, heads=heads, seeds=seeds).set_display_name("plan")
     ingest = ingest_dataset(source=source, cache=cache).set_display_name("ingest").after(plan)
     with_kaggle_credentials(ingest)
 
@@ -98,12 +99,12 @@ def chest_xray_benchmark(
     for task in (ingest, preprocess):
         task.set_caching_options(True)
 
-    # One training per backbone, regime and seed. A training that fails for good records why instead of failing its
-    # task (cxr.training.supervise), so every branch yields a result and the fan-in always runs: a failed
+    # One training per backbone, regime, head and seed. A training that fails for good records why instead of failing
+    # its task (cxr.training.supervise), so every branch yields a result and the fan-in always runs: a failed
     # iteration would stop the aggregate on KFP 2.17 (its driver and Argo compiler have no partial fan-in).
     with dsl.ParallelFor(plan.output, parallelism=settings.PARALLELISM, name="for-each-training") as run:
         train = train_backbone(processed=preprocess.outputs["processed"], backbone=run.backbone, regime=run.regime,
-                               seed=run.seed,
+                               head=run.head, seed=run.seed,
                                **pipeline_options(locals()), device=device, checkpoint_root=checkpoint_root,
                                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         train.set_retry(settings.TRAIN_RETRIES, backoff_max_duration=settings.TRAIN_RETRY_WINDOW)

@@ -53,8 +53,8 @@ DEMO = {
 }
 LOG = "demo.log"  # in the run folder: everything kfp.local and the tasks print (the screen shows one line a task)
 # The leaderboard's columns the demo prints, in this order (the report has them all).
-CONSOLE_COLUMNS = ["backbone", "regime", "test_accuracy", "sensitivity", "specificity", "roc_auc", "vs_best", "brier",
-                   "learning_time", "epochs"]
+CONSOLE_COLUMNS = ["backbone", "regime", "head", "test_accuracy", "sensitivity", "specificity", "roc_auc", "vs_best",
+                   "brier", "learning_time", "epochs"]
 
 
 def names(text: str) -> list[str]:
@@ -69,12 +69,12 @@ def check(args: argparse.Namespace) -> tuple[Path, list[dict]]:
     out = args.out.resolve()
     if out.is_dir() and any(out.iterdir()):
         raise UserError(f"{out} is not empty; remove it or pass --out NEW_FOLDER")
-    runs = plan_runs(names(args.backbones), settings.SEEDS, names(args.regimes))
+    runs = plan_runs(names(args.backbones), settings.SEEDS, names(args.regimes), names(args.heads))
     plan_splits(args.per_class)
     for run in runs:
         TrainSettings(run["backbone"], epochs=args.epochs, batch_size=DEMO["batch_size"],
                       learning_rate=DEMO["learning_rate"], image_size=args.image_size, weights=DEMO["weights"],
-                      regime=run["regime"]).validate()
+                      regime=run["regime"], head=run["head"]).validate()
     make_folder(out, "--out")  # last: a file, or a place that cannot be created, is one line too
     return out, runs
 
@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"comma-separated, in any letter case: any of {', '.join(settings.ALL_BACKBONES)}")
     parser.add_argument("--regimes", default=",".join(DEMO["regimes"]),
                         help=f"comma-separated, in any letter case: {' and/or '.join(settings.REGIMES)}")
+    parser.add_argument("--heads", default=",".join(settings.PIPELINE_HEADS),
+                        help=f"comma-separated, in any letter case: any of {', '.join(settings.HEADS)} (knn: frozen "
+                        "only)")
     parser.add_argument("--per-class", type=int, default=DEMO["per_class"], help="synthetic films per class")
     parser.add_argument("--epochs", type=int, default=DEMO["epochs"], help="epochs per training")
     parser.add_argument("--image-size", type=int, default=DEMO["image_size"],
@@ -117,7 +120,8 @@ def run_pipeline(args: argparse.Namespace, out: Path, runs: list[dict]) -> bool:
     try:
         chest_xray_benchmark(
             source=str(out / "synthetic"), backbones=list(dict.fromkeys(run["backbone"] for run in runs)),
-            regimes=list(dict.fromkeys(run["regime"] for run in runs)), epochs=args.epochs,
+            regimes=list(dict.fromkeys(run["regime"] for run in runs)),
+            heads=list(dict.fromkeys(run["head"] for run in runs)), epochs=args.epochs,
             batch_size=DEMO["batch_size"], learning_rate=DEMO["learning_rate"], image_size=args.image_size,
             weights=DEMO["weights"], processed_image_size=DEMO["processed_image_size"],
             val_fraction=DEMO["val_fraction"], device=DEMO["device"], checkpoint_root=str(out / "checkpoints"))

@@ -130,13 +130,15 @@ def test_frozen_backbone_trains_the_head_only():
 def test_plan_lists_every_backbone_regime_and_seed_and_refuses_repeats():
     from cxr.training.plan import plan_runs
 
+    seed = {"head": "seed"}
     assert plan_runs(["vgg16", "MobileNet"], [42, 7.0]) == [
-        {"backbone": "VGG16", "regime": "finetune", "seed": 42}, {"backbone": "VGG16", "regime": "finetune", "seed": 7},
-        {"backbone": "MobileNet", "regime": "finetune", "seed": 42},
-        {"backbone": "MobileNet", "regime": "finetune", "seed": 7}]
+        {"backbone": "VGG16", "regime": "finetune", "seed": 42, **seed},
+        {"backbone": "VGG16", "regime": "finetune", "seed": 7, **seed},
+        {"backbone": "MobileNet", "regime": "finetune", "seed": 42, **seed},
+        {"backbone": "MobileNet", "regime": "finetune", "seed": 7, **seed}]
     assert plan_runs(["densenet121"], [1], ["frozen", "finetune"]) == [
-        {"backbone": "DenseNet121", "regime": "frozen", "seed": 1},
-        {"backbone": "DenseNet121", "regime": "finetune", "seed": 1}]
+        {"backbone": "DenseNet121", "regime": "frozen", "seed": 1, **seed},
+        {"backbone": "DenseNet121", "regime": "finetune", "seed": 1, **seed}]
     with pytest.raises(UserError, match="regimes: unknown regime 'linear'; valid: finetune, frozen"):
         plan_runs(["VGG16"], [1], ["frozen", "linear"])
     with pytest.raises(UserError, match="regimes: frozen is listed more than once"):

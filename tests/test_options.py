@@ -20,8 +20,8 @@ TASK_PARAMETERS = {"processed", "device", "checkpoint_root", "run_id"}
 
 def test_every_option_has_a_flag_its_default_and_help_and_parses_into_the_settings():
     changed = {"backbone": "vgg16", "epochs": 3, "batch_size": 8, "learning_rate": 0.25, "dense_units": 4,
-               "dropout": 0.25, "image_size": 48, "weights": "none", "regime": "frozen", "patience": 2,
-               "seed": 9, "mixed_precision": False, "xla": True}
+               "dropout": 0.25, "image_size": 48, "weights": "none", "regime": "frozen", "head": "linear",
+               "patience": 2, "seed": 9, "mixed_precision": False, "xla": True}
     assert set(changed) == {option.name for option in TrainSettings.options()}, "a new option: add it here"
     words = []
     for action in build_parser()._subparsers._group_actions[0].choices["train"]._actions:

@@ -228,13 +228,13 @@ def test_a_broken_failure_record_is_one_clear_error(tmp_path, capsys):
         write_report([folder], tmp_path / "report")
 
 
-def as_frozen(folder: Path, feature_seconds: float) -> Path:
-    """A result rewritten as a frozen training's: the regime in metrics.json and train_metrics.json (which
-    evaluate copies from it), and the feature extraction's time."""
+def as_frozen(folder: Path, feature_seconds: float, head: str = "seed") -> Path:
+    """A result rewritten as a frozen training's with `head`: the regime and head in metrics.json and
+    train_metrics.json (which evaluate copies from it), and the feature extraction's time."""
     metrics = json.loads((folder / "metrics.json").read_text())
-    (folder / "metrics.json").write_text(json.dumps({**metrics, "regime": "frozen"}))
+    (folder / "metrics.json").write_text(json.dumps({**metrics, "regime": "frozen", "head": head}))
     trained = json.loads((folder / "train_metrics.json").read_text())
-    trained["settings"]["regime"] = "frozen"
+    trained["settings"].update(regime="frozen", head=head)
     (folder / "train_metrics.json").write_text(json.dumps({**trained, "feature_seconds": feature_seconds}))
     return folder
 
@@ -270,7 +270,7 @@ def test_regimes_are_rows_of_their_own_compared_side_by_side(tmp_path):
     markdown = written["leaderboard.md"].read_text()
     compact = pd.read_csv(io.StringIO(markdown.split("\n\n")[0]), sep="|", skipinitialspace=True).iloc[1:, 1:-1]
     compact.columns = [c.strip() for c in compact.columns]
-    assert list(compact.columns) == ["backbone", "regime", "ROC AUC (95 % CI)", "sensitivity at val. threshold",
+    assert list(compact.columns) == ["backbone", "regime", "head", "ROC AUC (95 % CI)", "sensitivity at val. threshold",
                                      "specificity at val. threshold", "vs best", "Brier", "learning time"]
     frozen_line = next(line for line in markdown.splitlines() if "| frozen " in line)
     low, high = frozen["roc_auc_ci95"].split("-")
@@ -288,6 +288,28 @@ def test_regimes_are_rows_of_their_own_compared_side_by_side(tmp_path):
     assert "<tr><td>ResNet50</td><td>frozen</td>" in html
     assert "A frozen row's learning time includes its feature extraction" in html
     assert html.index('class="compact"') < html.index('class="full"')
+
+
+def test_each_head_is_a_row_of_its_own_in_every_table_test_and_the_ensemble(tmp_path):
+    val = scores(VAL_FILMS, 2, 61)
+    by_head = {"seed": scores(TEST_FILMS, 2, 62), "linear": scores(TEST_FILMS, 3, 63), "knn": scores(TEST_FILMS, 1, 64)}
+    dirs = [as_frozen(write_result(tmp_path / head, "ResNet50", 42, p, val), 90.0, head) for head, p in by_head.items()]
+    written, _ = write_report(dirs, tmp_path / "report", samples=100)
+    table = pd.read_csv(written["leaderboard.csv"])
+    assert sorted(zip(table["backbone"], table["regime"], table["head"], strict=True)) == [
+        ("Ensemble", "frozen", "seed + linear + knn"), ("ResNet50", "frozen", "knn"), ("ResNet50", "frozen", "linear"),
+        ("ResNet50", "frozen", "seed")]
+    # Sorted by test ROC AUC: the heads' scores separate the classes by 3, 2 and 1 standard deviations.
+    assert table.loc[table["backbone"] == "ResNet50", "head"].tolist() == ["linear", "seed", "knn"]
+    assert table["delong_p_vs_best"].iloc[1:].between(0, 1).all() and table["vs_best"].iloc[0] == "best"
+    ensemble = json.loads(written["ensemble_metrics.json"].read_text())
+    assert ensemble["members"] == ["ResNet50 · frozen", "ResNet50 · frozen · linear", "ResNet50 · frozen · knn"]
+    labels = TEST_FILMS["label"]
+    assert ensemble["roc_auc"]["value"] == pytest.approx(roc_auc(labels, sum(by_head.values()) / 3))
+    assert {"ResNet50_frozen_loss_acc_graph.png", "ResNet50_frozen_linear_loss_acc_graph.png",
+            "ResNet50_frozen_knn_loss_acc_graph.png"} <= set(written)
+    assert "<tr><td>ResNet50</td><td>frozen</td><td>knn</td>" in written["report.html"].read_text()
+    assert "| knn " in written["leaderboard.md"].read_text().split("\n\n")[0]
 
 
 def test_without_a_frozen_row_there_is_no_footnote(tmp_path):

@@ -108,6 +108,8 @@ def test_pipeline_checkpoints_are_per_run_backbone_regime_and_seed_or_temporary(
 
     assert (pipeline_checkpoint(str(tmp_path), "run-7", "resnet50", "frozen", 3)
             == tmp_path / "run-7" / "resnet50-frozen-seed3")
+    assert (pipeline_checkpoint(str(tmp_path), "run-7", "resnet50", "frozen", 3, "linear")
+            == tmp_path / "run-7" / "resnet50-frozen-linear-seed3")
     temporary = pipeline_checkpoint("", "run-7", "VGG16", "finetune", 42)
     assert temporary.parts[-2:] == ("run-7", "vgg16-finetune-seed42") and not temporary.is_relative_to(tmp_path)
     # Feature caches outlive a run: a later run on the same data reuses them.

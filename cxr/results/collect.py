@@ -1,7 +1,7 @@
 """The results a report compares: result folders read through their checked loaders, grouped into contenders
-(one backbone in one regime over its seeds), plus the ensemble of all of them.
+(one backbone in one regime with one head over its seeds), plus the ensemble of all of them.
 
-A result folder is what `cxr evaluate` wrote for one backbone, regime and seed, or a folder holding only
+A result folder is what `cxr evaluate` wrote for one backbone, regime, head and seed, or a folder holding only
 failure.json for one that did not finish. A folder holding both failure.json and a complete evaluation (a rerun
 that succeeded after a failure, or a failure recorded later beside a finished result) is reported as the result it
 holds, and the report says so: the finished evaluation is the newer fact, and dropping it silently would lose it.
@@ -26,16 +26,21 @@ from cxr.results.metrics import json_safe, summarize
 ENSEMBLE = "Ensemble"
 
 
-def label(backbone: str, regime: str) -> str:
-    """How the report names a contender: `ResNet50 · frozen`; the ensemble by its name alone."""
-    return backbone if backbone == ENSEMBLE else f"{backbone} · {regime}"
+def label(backbone: str, regime: str, head: str = settings.DEFAULT_HEAD) -> str:
+    """How the report names a contender: `ResNet50 · frozen`, with its head when it is a probe
+    (`ResNet50 · frozen · linear`); the ensemble by its name alone."""
+    if backbone == ENSEMBLE:
+        return backbone
+    return f"{backbone} · {regime}" + ("" if head == settings.DEFAULT_HEAD else f" · {head}")
 
 
 @dataclass(frozen=True)
 class Result:
-    """One backbone trained in one regime with one seed and evaluated: the folder `cxr evaluate` wrote."""
+    """One backbone trained in one regime with one head and one seed and evaluated: the folder `cxr evaluate`
+    wrote."""
     backbone: str
     regime: str
+    head: str
     seed: int
     folder: Path
     training: dict  # train_metrics.json
@@ -53,16 +58,18 @@ class Result:
 
 @dataclass(frozen=True)
 class Contender:
-    """One leaderboard row: a backbone in one regime over its seeds, or the ensemble of every other row."""
+    """One leaderboard row: a backbone in one regime with one head over its seeds, or the ensemble of every other
+    row."""
     backbone: str
     regime: str  # for the ensemble: the regimes of its members, joined by " + "
+    head: str  # for the ensemble: the heads of its members, joined by " + "
     runs: tuple[Result, ...]  # one per seed, by seed; none for the ensemble
     test: np.ndarray  # P(pneumonia), one row per seed, on the common test films
     metrics: dict | None = None  # the ensemble's metrics (a backbone's are per run)
 
     @property
     def name(self) -> str:
-        return label(self.backbone, self.regime)
+        return label(self.backbone, self.regime, self.head)
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -87,7 +94,7 @@ def failures(result_dirs: Sequence[Path]) -> list[Failure]:
 
 
 def gather(result_dirs: Sequence[Path]) -> tuple[list[Result], list[Failure], list[str]]:
-    """The results among `result_dirs` (by backbone, regime, seed), the failures, and a note for every folder
+    """The results among `result_dirs` (by backbone, regime, head, seed), the failures, and a note for every folder
     that holds both a failure record and a complete evaluation (its result is used)."""
     results, missing, notes = [], [], []
     for folder in map(Path, result_dirs):
@@ -99,11 +106,11 @@ def gather(result_dirs: Sequence[Path]) -> tuple[list[Result], list[Failure], li
         if failure is not None:
             notes.append(f"{folder} holds {files.FAILURE} ({failure.line()}) beside a complete evaluation: the "
                          "evaluation is reported")
-    return sorted(results, key=lambda r: (r.backbone, r.regime, r.seed)), missing, notes
+    return sorted(results, key=lambda r: (r.backbone, r.regime, r.head, r.seed)), missing, notes
 
 
 def load_result(folder: Path) -> Result:
-    """One evaluated backbone, regime and seed, from the folder `cxr evaluate` wrote; every file checked."""
+    """One evaluated backbone, regime, head and seed, from the folder `cxr evaluate` wrote; every file checked."""
     folder = Path(folder)
     for name in RESULT_FILES:
         if not (folder / name).is_file():
@@ -111,23 +118,25 @@ def load_result(folder: Path) -> Result:
                             "result from before val_predictions.csv existed needs `cxr evaluate` again)")
     metrics = artifacts.read_metrics(folder / files.METRICS)
     training = artifacts.read_train_metrics(folder / files.TRAIN_METRICS)
-    if metrics["regime"] != training["settings"]["regime"]:
-        raise UserError(f"{folder / files.METRICS} says regime {metrics['regime']}, {folder / files.TRAIN_METRICS}"
-                        f" {training['settings']['regime']}: evaluate the training again into a new folder")
-    return Result(metrics["backbone"], metrics["regime"], int(training["settings"]["seed"]), folder, training,
+    for name in ("regime", "head"):
+        if metrics[name] != training["settings"][name]:
+            raise UserError(f"{folder / files.METRICS} says {name} {metrics[name]}, {folder / files.TRAIN_METRICS}"
+                            f" {training['settings'][name]}: evaluate the training again into a new folder")
+    return Result(metrics["backbone"], metrics["regime"], metrics["head"], int(training["settings"]["seed"]), folder,
+                  training,
                   artifacts.read_history(folder / files.HISTORY), metrics,
                   artifacts.read_predictions(folder / files.PREDICTIONS),
                   artifacts.read_val_predictions(folder / files.VAL_PREDICTIONS))
 
 
 def refuse_duplicates(results: Sequence[Result]) -> None:
-    """One result per backbone, regime and seed: two would count one training twice."""
-    seen: dict[tuple[str, str, int], Path] = {}
+    """One result per backbone, regime, head and seed: two would count one training twice."""
+    seen: dict[tuple[str, str, str, int], Path] = {}
     for result in results:
-        key = (result.backbone, result.regime, result.seed)
+        key = (result.backbone, result.regime, result.head, result.seed)
         if key in seen:
-            raise UserError(f"two result folders hold the same backbone and seed ({result.backbone}, "
-                            f"{result.regime}, seed {result.seed}): {seen[key]} and {result.folder}")
+            raise UserError(f"two result folders hold the same backbone and seed ({label(*key[:3])}, "
+                            f"seed {result.seed}): {seen[key]} and {result.folder}")
         seen[key] = result.folder
 
 
@@ -135,9 +144,13 @@ def _regime_order(regime: str) -> int:
     return settings.REGIMES.index(regime) if regime in settings.REGIMES else len(settings.REGIMES)
 
 
+def _head_order(head: str) -> int:
+    return settings.HEADS.index(head) if head in settings.HEADS else len(settings.HEADS)
+
+
 def contenders(results: Sequence[Result], samples: int = settings.BOOTSTRAP_SAMPLES,
                ) -> tuple[pd.DataFrame, list[Contender]]:
-    """The common test films and one Contender per backbone and regime (its seeds), plus the ensemble when two
+    """The common test films and one Contender per backbone, regime and head (its seeds), plus the ensemble when two
     or more finished: the mean P(pneumonia) of the contenders (each seed-averaged), evaluated as a backbone is,
     its threshold chosen on the validation films."""
     test_films, test = compare.align_predictions([r.test for r in results],
@@ -145,10 +158,10 @@ def contenders(results: Sequence[Result], samples: int = settings.BOOTSTRAP_SAMP
     val_films, val = compare.align_predictions([r.val for r in results],
                                                [str(r.folder / files.VAL_PREDICTIONS) for r in results])
     rows, val_of = [], []
-    for backbone, regime in sorted({(r.backbone, r.regime) for r in results},
-                                   key=lambda key: (key[0], _regime_order(key[1]))):
-        members = [i for i, r in enumerate(results) if (r.backbone, r.regime) == (backbone, regime)]
-        rows.append(Contender(backbone, regime, tuple(results[i] for i in members), test[members]))
+    for backbone, regime, head in sorted({(r.backbone, r.regime, r.head) for r in results},
+                                         key=lambda key: (key[0], _regime_order(key[1]), _head_order(key[2]))):
+        members = [i for i, r in enumerate(results) if (r.backbone, r.regime, r.head) == (backbone, regime, head)]
+        rows.append(Contender(backbone, regime, head, tuple(results[i] for i in members), test[members]))
         val_of.append(val[members].mean(axis=0))
     if len(rows) > 1:
         ensemble_test = np.mean([c.probabilities for c in rows], axis=0)
@@ -156,6 +169,7 @@ def contenders(results: Sequence[Result], samples: int = settings.BOOTSTRAP_SAMP
         metrics = summarize(test_films.assign(probability=ensemble_test), val_films.assign(probability=ensemble_val),
                             samples)
         regimes = " + ".join(sorted({c.regime for c in rows}, key=_regime_order))
-        rows.append(Contender(ENSEMBLE, regimes, (), ensemble_test[None], json_safe(
+        heads = " + ".join(sorted({c.head for c in rows}, key=_head_order))
+        rows.append(Contender(ENSEMBLE, regimes, heads, (), ensemble_test[None], json_safe(
             {"backbone": ENSEMBLE, "members": [c.name for c in rows], **metrics})))
     return test_films, rows

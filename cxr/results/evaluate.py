@@ -86,6 +86,7 @@ def _evaluate(data_dir: Path, model_dir: Path, trained: dict, out: Path, batch_s
         read = dict(data_dir=data_dir, image_size=trained["image_size"], batch_size=batch_size)
         val, test = predict(model, split="val", **read), predict(model, split="test", **read)
     metrics = json_safe({"backbone": backbone, "regime": trained["settings"]["regime"],
+                         "head": trained["settings"]["head"],
                          **summarize(test, val, samples), "provenance": record})
 
     out.mkdir(parents=True, exist_ok=True)
@@ -131,7 +132,8 @@ def evaluate_or_record_failure(data_dir: Path, model_dir: Path, out: Path,
                 trained = {}
             failure = Failure(trained.get("backbone", "unknown"), trained.get("settings", {}).get("seed", -1),
                               "evaluate", f"{type(error).__name__}: {error}".splitlines()[0],
-                              trained.get("settings", {}).get("regime", settings.DEFAULT_REGIME))
+                              trained.get("settings", {}).get("regime", settings.DEFAULT_REGIME),
+                              trained.get("settings", {}).get("head", settings.DEFAULT_HEAD))
     write_failure(out, failure)
     return failure
 

@@ -68,7 +68,8 @@ def patch_grid(tokens):
 
 class GradCam:
     """Grad-CAM of the pneumonia logit at the backbone's last convolutional block, or a ViT's last block's patch
-    tokens, for our classifier (a chain: input -> preprocessing -> backbone -> head layers -> Dense(1, sigmoid))."""
+    tokens, for our classifier (a chain: input -> preprocessing -> backbone -> head layers -> Dense(1, sigmoid), or
+    the kNN probe's NearestNeighbours, whose `evidence` stands for the logit)."""
 
     def __init__(self, model):
         import keras
@@ -98,8 +99,11 @@ class GradCam:
                 activations, features = self.inner(x, training=False)
             for layer in self.head:
                 features = layer(features, training=False)
-            # The logit, not the probability: a confident sigmoid's gradient vanishes.
-            logits = tf.matmul(features, self.output.kernel) + self.output.bias
+            if hasattr(self.output, "evidence"):  # the kNN probe: its vote has no gradient
+                probabilities, logits = self.output(features), self.output.evidence(features)
+            else:  # the logit, not the probability: a confident sigmoid's gradient vanishes
+                logits = tf.matmul(features, self.output.kernel) + self.output.bias
+                probabilities = tf.sigmoid(logits)
         gradients = tape.gradient(logits, activations)
         if self.tokens:
             activations, gradients = patch_grid(activations), patch_grid(gradients)
@@ -107,7 +111,7 @@ class GradCam:
         maps = tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1)).numpy()
         peaks = maps.max(axis=(1, 2), keepdims=True)
         maps = np.divide(maps, peaks, out=np.zeros_like(maps), where=peaks > 0)
-        return tf.sigmoid(logits).numpy().reshape(-1), maps
+        return np.asarray(probabilities).reshape(-1), maps
 
 
 def upsample(maps: np.ndarray, size: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The leaderboard: one row per contender (backbone and regime over its seeds, or the ensemble), sorted by test
+"""The leaderboard: one row per contender (backbone, regime and head over its seeds, or the ensemble), sorted by test
 ROC AUC, each compared with the best one by a paired test; and the compact view of it that leads the report.
 """
 
@@ -17,18 +17,18 @@ from cxr.results.metrics import patient_bootstrap, roc_auc, threshold_metrics
 
 # The metrics whose spread over seeds the leaderboard shows (column <metric>_std).
 SEED_SPREAD = ("test_accuracy", "sensitivity", "specificity", "roc_auc", "brier", "ece")
-COLUMNS = ["backbone", "regime", "seeds", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
-           "test_accuracy", "test_accuracy_std", "sensitivity", "sensitivity_std", "specificity", "specificity_std",
-           "roc_auc", "roc_auc_std", "roc_auc_ci95", "auc_diff_vs_best", "auc_diff_ci95_low", "auc_diff_ci95_high",
-           "delong_p_vs_best", "vs_best", "brier", "brier_std", "brier_ci95", "ece", "ece_std", "ece_ci95",
-           "val_threshold", "sensitivity_at_val_threshold", "sensitivity_at_val_threshold_ci95",
+COLUMNS = ["backbone", "regime", "head", "seeds", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+           "test_loss", "test_accuracy", "test_accuracy_std", "sensitivity", "sensitivity_std", "specificity",
+           "specificity_std", "roc_auc", "roc_auc_std", "roc_auc_ci95", "auc_diff_vs_best", "auc_diff_ci95_low",
+           "auc_diff_ci95_high", "delong_p_vs_best", "vs_best", "brier", "brier_std", "brier_ci95", "ece", "ece_std",
+           "ece_ci95", "val_threshold", "sensitivity_at_val_threshold", "sensitivity_at_val_threshold_ci95",
            "specificity_at_val_threshold", "specificity_at_val_threshold_ci95", "learning_time",
            "learning_seconds", "epochs"]
 # The columns that count something: whole numbers, shown without decimals (epochs is a mean over seeds).
 COUNTS = ("seeds", "epochs")
 # The compact table that leads the report (it fits a 1,300 px window): its headings and the full table's columns
 # each is made of (a value and, where there is one, its interval).
-COMPACT = {"backbone": ("backbone", None), "regime": ("regime", None),
+COMPACT = {"backbone": ("backbone", None), "regime": ("regime", None), "head": ("head", None),
            "ROC AUC (95 % CI)": ("roc_auc", "roc_auc_ci95"),
            "sensitivity at val. threshold": ("sensitivity_at_val_threshold", "sensitivity_at_val_threshold_ci95"),
            "specificity at val. threshold": ("specificity_at_val_threshold", "specificity_at_val_threshold_ci95"),
@@ -38,8 +38,8 @@ FEATURES_MARK = "\u2020"  # a dagger: an asterisk would start a Markdown list
 
 
 def row_name(row: pd.Series | dict) -> str:
-    """The contender a leaderboard row stands for (`ResNet50 · frozen`)."""
-    return label(row["backbone"], row["regime"])
+    """The contender a leaderboard row stands for (`ResNet50 · frozen · linear`)."""
+    return label(row["backbone"], row["regime"], row["head"])
 
 
 def duration(seconds: float) -> str:
@@ -117,7 +117,8 @@ def contender_row(films: pd.DataFrame, contender: Contender, samples: int = sett
         per_seed = pd.DataFrame([_scores(contender.metrics, labels, contender.probabilities)])
         learning_time = ""
     intervals = seed_mean_intervals(films, contender, samples)
-    row = {"backbone": contender.backbone, "regime": contender.regime, "seeds": len(contender.runs) or pd.NA,
+    row = {"backbone": contender.backbone, "regime": contender.regime, "head": contender.head,
+           "seeds": len(contender.runs) or pd.NA,
            **per_seed.mean().to_dict(),
            **{f"{name}_std": per_seed[name].std(ddof=1) if len(per_seed) > 1 else float("nan")
               for name in SEED_SPREAD},

@@ -84,7 +84,7 @@ def _model_card(results: list[Result], table: pd.DataFrame, summaries: list[dict
             for row in table.to_dict("records") if not board.is_ensemble(row)]
     metrics: dict[str, dict] = {}
     for result in results:  # the first seed's metrics stand for the contender's thresholds and intervals
-        metrics.setdefault(collect.label(result.backbone, result.regime), result.metrics)
+        metrics.setdefault(collect.label(result.backbone, result.regime, result.head), result.metrics)
     stats, manifest = card_data
     return model_card_html(stats, rows, metrics, summaries, manifest=manifest)
 
@@ -116,7 +116,7 @@ def _draw(films: pd.DataFrame, rows: list[Contender], out: Path) -> dict[str, Pa
     trained = [c for c in rows if c.runs]
     drawn = {}
     for contender in trained:
-        name = files.loss_acc_graph(contender.backbone, contender.regime)
+        name = files.loss_acc_graph(contender.backbone, contender.regime, contender.head)
         plots.loss_acc(contender.runs, contender.name, out / name)
         drawn[name] = out / name
     plots.accuracy_vs_time(rows, out / files.COMPARISON_PLOT)
@@ -136,7 +136,7 @@ def _write(results: list[Result], missing: list[Failure], notes: list[str], out:
         table = board.leaderboard(films, rows, samples)
         written.update(_draw(films, rows, out))
         figures = [written[name] for name in FIGURES]
-        figures += [written[files.loss_acc_graph(row["backbone"], row["regime"])]
+        figures += [written[files.loss_acc_graph(row["backbone"], row["regime"], row["head"])]
                     for _, row in table.iterrows() if not board.is_ensemble(row)]
         ensemble = [c for c in rows if not c.runs]
         if ensemble:

@@ -75,9 +75,12 @@ def load_model(model_dir: Path):
             raise UserError(f"missing {model_dir / name}: --model must be a folder `cxr train` wrote")
     trained = artifacts.read_train_metrics(model_dir / files.TRAIN_METRICS)
     keras.mixed_precision.set_global_policy("float32")
-    head = trained["settings"]
-    model = build_model(get_backbone(trained["backbone"]), trained["image_size"], dense_units=head["dense_units"],
-                        dropout=head["dropout"], weights="none")
+    options = trained["settings"]
+    probe = trained.get("probe") or {}  # a kNN probe's layer is sized by its reference films and k
+    model = build_model(get_backbone(trained["backbone"]), trained["image_size"], dense_units=options["dense_units"],
+                        dropout=options["dropout"], weights="none",
+                        head=options.get("head", settings.DEFAULT_HEAD), references=probe.get("references", 0),
+                        neighbours=int(probe.get("value", 0)) if probe.get("parameter") == "k" else 0)
     try:
         model.load_weights(model_dir / files.MODEL)
     except (OSError, ValueError, zipfile.BadZipFile) as error:

@@ -80,11 +80,11 @@ def load_backbone(model: keras.Model, cache: FeatureCache) -> None:
     backbone_of(model).load_weights(cache.backbone_weights)
 
 
-def head_model(model: keras.Model, features: np.ndarray) -> keras.Model:
+def head_model(model: keras.Model, features: np.ndarray, head: str = settings.DEFAULT_HEAD) -> keras.Model:
     """The classifier's head on an input of the cached features' shape: its layers, shared, not copies."""
     inputs = keras.Input(features.shape[1:], dtype=str(features.dtype), name="features")
     x = inputs
-    for name in HEAD_LAYERS:
+    for name in HEAD_LAYERS[head]:
         x = model.get_layer(name)(x)
     return keras.Model(inputs, x, name=f"{model.name}_head")
 
@@ -127,11 +127,12 @@ class EpochOrder(keras.callbacks.Callback):
         self.batches.start_epoch(epoch)
 
 
-def head_predictions(head: keras.Model, cache: FeatureCache, batch_size: int) -> pd.DataFrame:
-    """P(pneumonia) of the head for every validation and test film of the cache: what `cxr evaluate` reports for
-    a frozen model, without a second pass through the backbone."""
+def head_predictions(head: keras.Model, cache: FeatureCache, batch_size: int,
+                     splits: tuple[str, ...] = ("val", "test")) -> pd.DataFrame:
+    """P(pneumonia) of the head for every film of the cache's `splits`: for validation and test, what `cxr
+    evaluate` reports for a frozen model, without a second pass through the backbone."""
     tables = []
-    for split in ("val", "test"):
+    for split in splits:
         films = cache.films(split)
         batches = FeatureBatches(cache.features(split), films["label"].to_numpy(), batch_size)
         probabilities = np.concatenate([np.asarray(head.predict_on_batch(batches[i][0])).reshape(-1)

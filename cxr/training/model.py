@@ -1,5 +1,7 @@
-"""The seed's classifier: backbone -> Flatten -> Dense(16, relu) -> Dropout(0.5) -> Dense(1, sigmoid). A keras-hub
-backbone's output is a token sequence (cxr.training.hub), which Flatten flattens as it does a CNN's map."""
+"""The classifier: preprocessing -> backbone -> a head. The seed's head is Flatten -> Dense(16, relu) ->
+Dropout(0.5) -> Dense(1, sigmoid); the probes' are pooling -> Dense(1, sigmoid) (linear) or pooling -> cosine
+k-nearest neighbours (knn), their weights fitted by scikit-learn (cxr.training.probes). A keras-hub backbone's
+output is a token sequence (cxr.training.hub), which Flatten flattens as it does a CNN's map."""
 
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ import keras
 from cxr import settings
 from cxr.errors import UserError
 from cxr.training.backbones import Backbone, BackbonePreprocessing
+from cxr.training.heads import FeaturePooling, NearestNeighbours
 from cxr.training.weights import resolve as resolve_weights
 
-# The seed's head, by layer name, in order: what the frozen regime trains on cached features.
-HEAD_LAYERS = ("flatten", "dense", "dropout", "pneumonia")
+# Each head's layers, by name, in order: what the frozen regime applies to cached features.
+HEAD_LAYERS = {"seed": ("flatten", "dense", "dropout", "pneumonia"), "linear": ("pooling", "pneumonia"),
+               "knn": ("pooling", "pneumonia")}
 
 
 def backbone_of(model: keras.Model) -> keras.Model:
@@ -66,13 +70,16 @@ def _load_backbone_weights(base: keras.Model, weights_file: Path, name: str) -> 
 
 def build_model(backbone: Backbone, image_size: int, *, dense_units: int = settings.DENSE_UNITS,
                 dropout: float = settings.DROPOUT, weights: str = settings.WEIGHTS,
-                train_backbone: bool = True) -> keras.Model:
+                train_backbone: bool = True, head: str = settings.DEFAULT_HEAD, references: int = 0,
+                neighbours: int = 0) -> keras.Model:
     """The classifier on `backbone` for uint8 grayscale films of `image_size` (shape [size, size, 1]),
     outputting P(pneumonia) in float32.
 
     `weights`: "imagenet" (or "pretrained"), "none", a backbone weights file, or a folder or gs:// prefix of the
     ImageNet files and keras-hub presets (cxr.training.weights; clusters without internet).
     `train_backbone` False: the backbone is frozen, in inference mode (BatchNormalization included) for good.
+    `head`: settings.HEADS; knn takes its number of reference films and of `neighbours` (its weights, the
+    references, are set after fitting).
     Under a mixed_float16 policy the last layer stays float32, so the sigmoid and the loss keep their precision.
     """
     keras_weights, weights_file = resolve_weights(weights, backbone.name, image_size)
@@ -89,8 +96,20 @@ def build_model(backbone: Backbone, image_size: int, *, dense_units: int = setti
     films = keras.Input((image_size, image_size, 1), dtype="uint8", name="film")
     # float32 whatever the policy: ImageNet mean subtraction loses precision in float16.
     images = BackbonePreprocessing(backbone.name, dtype="float32", name="preprocess")(films)
-    features = keras.layers.Flatten(name="flatten")(base(images))
-    hidden = keras.layers.Dense(dense_units, activation="relu", name="dense")(features)
-    hidden = keras.layers.Dropout(dropout, name="dropout")(hidden)
-    output = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="pneumonia")(hidden)
-    return keras.Model(films, output, name=f"{backbone.name}_classifier")
+    return keras.Model(films, _head(base(images), head, dense_units, dropout, references, neighbours),
+                       name=f"{backbone.name}_classifier")
+
+
+def _head(features, head: str, dense_units: int, dropout: float, references: int, neighbours: int):
+    """The head on the backbone's output; its last layer, "pneumonia", float32."""
+    if head == "seed":
+        hidden = keras.layers.Flatten(name="flatten")(features)
+        hidden = keras.layers.Dense(dense_units, activation="relu", name="dense")(hidden)
+        hidden = keras.layers.Dropout(dropout, name="dropout")(hidden)
+        return keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="pneumonia")(hidden)
+    pooled = FeaturePooling(dtype="float32", name="pooling")(features)
+    if head == "linear":
+        return keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="pneumonia")(pooled)
+    if head == "knn":
+        return NearestNeighbours(references, neighbours, dtype="float32", name="pneumonia")(pooled)
+    raise UserError(f"--head must be one of {', '.join(settings.HEADS)}, got {head!r}")

@@ -33,11 +33,6 @@ def canonical_backbone(name: str) -> str:
     return canonical_name(name, tuple(settings.ALL_BACKBONES), "backbone")
 
 
-def canonical_regime(name: str) -> str:
-    """The regime called `name` as settings.REGIMES spells it."""
-    return canonical_name(name, settings.REGIMES, "regime")
-
-
 # Where an option appears besides the CLI: "pipeline" options are pipeline parameters passed to every train task;
 # "per_run" ones differ between the pipeline's trainings (the plan step lists them); "cli" ones exist on the
 # command line alone (the pipeline's GPU tasks keep the automatic choice).
@@ -74,15 +69,18 @@ class TrainSettings:
                           "folder or gs:// prefix of the ImageNet files and keras-hub presets")
     regime: str = option(settings.DEFAULT_REGIME, "finetune: the whole network; frozen: the backbone fixed, the head "
                          "trained on its cached features", scope=PER_RUN)
+    head: str = option(settings.DEFAULT_HEAD, "seed: the seed's Dense head; linear: a logistic-regression probe on "
+                       "the pooled features; knn: cosine k-nearest neighbours on them (frozen only)", scope=PER_RUN)
     patience: int = option(settings.PATIENCE, "early-stopping epochs without a better validation loss")
     seed: int = option(settings.SEED, "the training seed (initialisation, shuffling, dropout)", scope=PER_RUN)
     mixed_precision: bool | None = option(None, "mixed precision (auto: on with a GPU)", scope=CLI_ONLY)
     xla: bool | None = option(None, "XLA compilation (auto: on with a GPU)", scope=CLI_ONLY)
 
     def __post_init__(self) -> None:
-        """A backbone and a regime typed in any case, with blanks around, become their canonical spellings; an
-        unknown one is left for validate() (or the backbone registry) to refuse in one line."""
-        for name, known in (("backbone", tuple(settings.ALL_BACKBONES)), ("regime", settings.REGIMES)):
+        """A backbone, a regime and a head typed in any case, with blanks around, become their canonical spellings;
+        an unknown one is left for validate() (or the backbone registry) to refuse in one line."""
+        for name, known in (("backbone", tuple(settings.ALL_BACKBONES)), ("regime", settings.REGIMES),
+                            ("head", settings.HEADS)):
             object.__setattr__(self, name, spelling(getattr(self, name), known) or getattr(self, name))
 
     @classmethod
@@ -109,6 +107,11 @@ class TrainSettings:
             raise UserError(f"{flag('dropout')} must be in [0, 1), got {self.dropout}")
         if self.regime not in settings.REGIMES:  # __post_init__ spelled a known one as settings.REGIMES does
             raise UserError(f"{flag('regime')} must be one of {', '.join(settings.REGIMES)}, got {self.regime!r}")
+        if self.head not in settings.HEADS:  # as for the regime
+            raise UserError(f"{flag('head')} must be one of {', '.join(settings.HEADS)}, got {self.head!r}")
+        if self.head in settings.FROZEN_ONLY_HEADS and self.regime != "frozen":
+            raise UserError(f"{flag('head')} {self.head} has nothing to train end to end: use it with "
+                            f"{flag('regime')} frozen")
         if not 0 <= self.image_size <= settings.MAX_IMAGE_SIZE:
             raise UserError(f"{flag('image_size')} must be 0 (native) or a size in pixels up to "
                             f"{settings.MAX_IMAGE_SIZE}, got {self.image_size}")
@@ -129,23 +132,33 @@ def check_weights(weights: str) -> None:
                         "a folder of them")
 
 
-def plan_runs(names: list[str], seeds: list[int], regimes: list[str] = settings.PIPELINE_REGIMES) -> list[dict]:
-    """One training per backbone, regime and seed, {"backbone": canonical name, "regime": str, "seed": int},
-    checked before any work: an unknown name or regime, a backbone listed twice (in any letter case: both would
-    share one checkpoint), a repeated regime or seed is refused with one line."""
+def _canonical_list(name: str, values: list, valid: tuple[str, ...]) -> list[str]:
+    """`values` as `valid` spells them (in any letter case, blanks dropped); an empty list, an unknown value or one
+    listed twice is refused in one line (`name`: the pipeline parameter)."""
+    if not values:
+        raise UserError(f"{name}: the list is empty")
+    try:
+        canonical = [canonical_name(str(value), valid, name[:-1]) for value in values]
+    except UserError as error:
+        raise UserError(f"{name}: {error}") from None
+    for value in canonical:
+        if canonical.count(value) > 1:
+            raise UserError(f"{name}: {value} is listed more than once in {list(values)}")
+    return canonical
+
+
+def plan_runs(names: list[str], seeds: list[int], regimes: list[str] = settings.PIPELINE_REGIMES,
+              heads: list[str] = settings.PIPELINE_HEADS) -> list[dict]:
+    """One training per backbone, regime, head and seed, {"backbone": canonical name, "regime": str, "head": str,
+    "seed": int}, checked before any work: an unknown name, regime or head, a backbone listed twice (in any letter
+    case: both would share one checkpoint), a repeated regime, head or seed is refused with one line. A frozen-only
+    head (knn) is planned in the frozen regime alone; a plan left empty by that is refused."""
     if not names:
         raise UserError("backbones: the list is empty")
     if not seeds:
         raise UserError("seeds: the list is empty")
-    if not regimes:
-        raise UserError("regimes: the list is empty")
-    try:
-        regimes = [canonical_regime(str(regime)) for regime in regimes]
-    except UserError as error:
-        raise UserError(f"regimes: {error}") from None
-    for regime in regimes:
-        if regimes.count(regime) > 1:
-            raise UserError(f"regimes: {regime} is listed more than once in {list(regimes)}")
+    regimes = _canonical_list("regimes", regimes, settings.REGIMES)
+    heads = _canonical_list("heads", heads, settings.HEADS)
     canonical = [canonical_backbone(str(name)) for name in names]
     for name in canonical:
         if canonical.count(name) > 1:
@@ -157,16 +170,22 @@ def plan_runs(names: list[str], seeds: list[int], regimes: list[str] = settings.
     seeds = [int(seed) for seed in seeds]
     if len(set(seeds)) != len(seeds):
         raise UserError(f"seeds: a seed is repeated in {seeds}")
-    return [{"backbone": name, "regime": regime, "seed": seed}
-            for name in canonical for regime in regimes for seed in seeds]
+    pairs = [(regime, head) for regime in regimes for head in heads
+             if regime == "frozen" or head not in settings.FROZEN_ONLY_HEADS]
+    if not pairs:
+        raise UserError(f"heads: {', '.join(heads)} train only in the frozen regime; add frozen to regimes")
+    return [{"backbone": name, "regime": regime, "head": head, "seed": seed}
+            for name in canonical for regime, head in pairs for seed in seeds]
 
 
-def pipeline_checkpoint(root: str, run_id: str, backbone: str, regime: str, seed: int) -> Path:
-    """Where a pipeline's train task keeps its checkpoint: per run, backbone, regime and seed under `root` (a volume
-    that outlives the pod, so a retried task finds it), or in a fresh temporary folder when `root` is empty, which
-    keeps checkpoints out of the uploaded model artifact."""
+def pipeline_checkpoint(root: str, run_id: str, backbone: str, regime: str, seed: int,
+                        head: str = settings.DEFAULT_HEAD) -> Path:
+    """Where a pipeline's train task keeps its checkpoint: per run, backbone, regime, head and seed under `root` (a
+    volume that outlives the pod, so a retried task finds it), or in a fresh temporary folder when `root` is empty,
+    which keeps checkpoints out of the uploaded model artifact."""
     base = Path(root) if root else Path(tempfile.mkdtemp(prefix="checkpoint-"))
-    return base / run_id / f"{canonical_backbone(backbone).lower()}-{regime}-seed{seed}"
+    variant = regime if head == settings.DEFAULT_HEAD else f"{regime}-{head}"  # the seed's head: names as before
+    return base / run_id / f"{canonical_backbone(backbone).lower()}-{variant}-seed{seed}"
 
 
 def pipeline_features(root: str) -> Path | None:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 import pandas as pd
 
 from cxr import files, provenance, settings
@@ -208,11 +209,43 @@ def _finetune_data(run: Run, first_epoch: int) -> Data:
     training reads)."""
     options = run.options
     model = build_model(get_backbone(options.backbone), run.size, dense_units=options.dense_units,
-                        dropout=options.dropout, weights=options.weights)
+                        dropout=options.dropout, weights=options.weights, head=options.head)
     read = dict(data_dir=run.data_dir, image_size=run.size, batch_size=options.batch_size)
     return Data(model, read_epochs(split="train", seed=options.seed, first_epoch=first_epoch, **read),
                 read_split(split="val", **read),
                 steps_per_epoch=batches_per_epoch(run.data_dir, "train", options.batch_size))
+
+
+def _frozen_cache(run: Run, xla: bool) -> tuple[FeatureCache, keras.Model | None]:
+    """The feature cache of the run's backbone (built when missing), and the classifier that computed it when this
+    process did (with the seed's head: the backbone is what counts)."""
+    from cxr.training import frozen
+
+    options = run.options
+    key = FeatureKey(options.backbone, run.size, weights_id(options.weights, options.backbone, run.size),
+                     keras.mixed_precision.global_policy().compute_dtype, dataset_fingerprint(run.data_dir))
+    built: list[keras.Model] = []
+
+    def extract(folder: Path) -> None:
+        built.append(build_model(get_backbone(options.backbone), run.size, dense_units=options.dense_units,
+                                 dropout=options.dropout, weights=options.weights, train_backbone=False))
+        batch = settings.FEATURE_BATCH_SIZE_GPU if run.device != "CPU" else options.batch_size
+        frozen.extract_features(built[0], run.data_dir, run.size, batch, folder, jit_compile=xla)
+
+    cache = open_cache(run.features, key, extract)
+    return cache, (built[0] if built else None)
+
+
+def _frozen_model(run: Run, cache: FeatureCache, **head) -> keras.Model:
+    """The classifier with `head` (build_model's head arguments) on the backbone that computed `cache`: nothing to
+    download, and the features are exactly its."""
+    from cxr.training import frozen
+
+    options = run.options
+    model = build_model(get_backbone(options.backbone), run.size, dense_units=options.dense_units,
+                        dropout=options.dropout, weights="none", train_backbone=False, **head)
+    frozen.load_backbone(model, cache)
+    return model
 
 
 def _frozen_data(run: Run, xla: bool) -> tuple[keras.Model, Data]:
@@ -220,26 +253,8 @@ def _frozen_data(run: Run, xla: bool) -> tuple[keras.Model, Data]:
     from cxr.training import frozen
 
     options = run.options
-    key = FeatureKey(options.backbone, run.size, weights_id(options.weights, options.backbone, run.size),
-                     keras.mixed_precision.global_policy().compute_dtype, dataset_fingerprint(run.data_dir))
-
-    def build(weights: str) -> keras.Model:
-        return build_model(get_backbone(options.backbone), run.size, dense_units=options.dense_units,
-                           dropout=options.dropout, weights=weights, train_backbone=False)
-
-    built: list[keras.Model] = []
-
-    def extract(folder: Path) -> None:
-        built.append(build(options.weights))
-        batch = settings.FEATURE_BATCH_SIZE_GPU if run.device != "CPU" else options.batch_size
-        frozen.extract_features(built[0], run.data_dir, run.size, batch, folder, jit_compile=xla)
-
-    cache = open_cache(run.features, key, extract)
-    if built:
-        model = built[0]
-    else:  # the cache holds the backbone: nothing to download, and the features are exactly its
-        model = build("none")
-        frozen.load_backbone(model, cache)
+    cache, built = _frozen_cache(run, xla)
+    model = built if built is not None else _frozen_model(run, cache)
     head = frozen.head_model(model, cache.features("train"))
     train_films, val_films = cache.films("train"), cache.films("val")
     batches = frozen.FeatureBatches(cache.features("train"), train_films["label"].to_numpy(), options.batch_size,
@@ -250,17 +265,45 @@ def _frozen_data(run: Run, xla: bool) -> tuple[keras.Model, Data]:
     return model, data
 
 
-def _fit(run: Run) -> tuple[keras.Model, dict, pd.DataFrame | None]:
-    """Train (or resume) in the checkpoint folder; return the model at its best epoch, the metrics with the
-    history, and (frozen regime) the head's validation and test predictions."""
-    options, name = run.options, run.options.backbone
-    on_gpu = run.device != "CPU"
-    mixed = on_gpu if options.mixed_precision is None else options.mixed_precision
-    # JAX compiles every step with XLA; Keras' uncompiled JAX path is a debugging mode, many times slower.
-    xla = backend() == "jax" or (on_gpu if options.xla is None else options.xla)
-    keras.mixed_precision.set_global_policy(mixed_precision_policy() if mixed else "float32")
-    keras.utils.set_random_seed(options.seed)
+def _fit_probe(run: Run, xla: bool) -> tuple[keras.Model, dict, FeatureCache, pd.DataFrame, dict]:
+    """A probe fitted by scikit-learn on the cache's pooled features (cxr.training.probes) and set into the
+    classifier's last layer. Its one "epoch" in the history: train and validation log loss and accuracy at 0.5."""
+    from sklearn.metrics import accuracy_score, log_loss
 
+    from cxr.training import frozen
+    from cxr.training.heads import pool
+    from cxr.training.probes import FITTERS
+
+    options = run.options
+    cache, _ = _frozen_cache(run, xla)
+    pooled = {split: pool(cache.features(split)) for split in ("train", "val")}
+    labels = {split: cache.films(split)["label"].to_numpy() for split in ("train", "val")}
+    probe = FITTERS[options.head](pooled["train"], labels["train"], pooled["val"], labels["val"])
+    model = _frozen_model(run, cache, head=options.head, references=len(labels["train"]),
+                          neighbours=int(probe.value))
+    model.get_layer("pneumonia").set_weights(probe.weights)
+    head = frozen.head_model(model, cache.features("train"), options.head)
+    scored = frozen.head_predictions(head, cache, options.batch_size, splits=settings.SPLITS)
+    row = {"epoch": 1, "seconds": probe.seconds}
+    for prefix, split in (("", "train"), ("val_", "val")):
+        table = scored[scored["split"] == split]
+        probabilities = table["probability"].to_numpy()
+        row[f"{prefix}loss"] = float(log_loss(table["label"], np.clip(probabilities, 1e-7, 1 - 1e-7),
+                                              labels=[0, 1])) if len(table) else 0.0
+        row[f"{prefix}accuracy"] = float(accuracy_score(table["label"], probabilities >= 0.5)) if len(table) else 0.0
+    predictions = scored[scored["split"] != "train"].reset_index(drop=True)
+    print(f"train: {options.head} probe on {options.backbone}: {probe.parameter} = {probe.value:g} "
+          f"(validation ROC AUC {max(probe.val_roc_auc.values()):.4f}), fitted in {probe.seconds:.1f} s", flush=True)
+    state = {"history": [row], "best_epoch": 1, "epochs_done": 1, "stopped_epoch": None, "diverged_epoch": None,
+             "feature_seconds": 0.0 if cache.reused else cache.seconds}
+    return model, state, cache, predictions, probe.record()
+
+
+def _fit_trainee(run: Run, xla: bool) -> tuple[keras.Model, dict, FeatureCache | None, pd.DataFrame | None]:
+    """Train (or resume) with Adam in the checkpoint folder: the whole classifier (finetune) or the seed's head on
+    the cached features (frozen). The model at its best epoch, the training state with its history, the cache and
+    (frozen) the head's validation and test predictions."""
+    options, name = run.options, run.options.backbone
     train_images = sum(run.counts["train"].values())
     tracker = ResumableTraining(run.checkpoint, options.patience, options.epochs, train_images)
     if options.regime == "frozen":
@@ -298,6 +341,26 @@ def _fit(run: Run) -> tuple[keras.Model, dict, pd.DataFrame | None]:
         from cxr.training.frozen import head_predictions
 
         predictions = head_predictions(trainee, data.cache, options.batch_size)
+    return model, state, data.cache, predictions
+
+
+def _fit(run: Run) -> tuple[keras.Model, dict, pd.DataFrame | None]:
+    """Train: the seed's head with Adam (_fit_trainee) or a probe fitted by scikit-learn (_fit_probe); return the
+    model, the metrics with the history, and (frozen regime) the head's validation and test predictions."""
+    options, name = run.options, run.options.backbone
+    on_gpu = run.device != "CPU"
+    mixed = on_gpu if options.mixed_precision is None else options.mixed_precision
+    # JAX compiles every step with XLA; Keras' uncompiled JAX path is a debugging mode, many times slower.
+    xla = backend() == "jax" or (on_gpu if options.xla is None else options.xla)
+    keras.mixed_precision.set_global_policy(mixed_precision_policy() if mixed else "float32")
+    keras.utils.set_random_seed(options.seed)
+
+    probe = None
+    if options.head != settings.DEFAULT_HEAD and options.regime == "frozen":
+        model, state, cache, predictions, probe = _fit_probe(run, xla)
+    else:  # the seed's head, or a linear head trained end to end with the backbone (MedMNIST+'s protocol)
+        model, state, cache, predictions = _fit_trainee(run, xla)
+    train_images = sum(run.counts["train"].values())
     history = pd.DataFrame(state["history"], columns=HISTORY_COLUMNS)
     best = history[history["epoch"] == state["best_epoch"]].iloc[0]
     last = history.iloc[-1]
@@ -305,6 +368,7 @@ def _fit(run: Run) -> tuple[keras.Model, dict, pd.DataFrame | None]:
     return model, {
         "backbone": name,
         "regime": options.regime,
+        "head": options.head,
         "image_size": run.size,
         "train_images": train_images,
         "val_images": sum(run.counts["val"].values()),
@@ -319,8 +383,10 @@ def _fit(run: Run) -> tuple[keras.Model, dict, pd.DataFrame | None]:
         # The frozen regime's one pass of the backbone over every film; 0 when the cache was reused. The report
         # adds it to the learning time.
         "feature_seconds": float(state.get("feature_seconds", 0.0)),
-        "features": ({"folder": str(data.cache.folder), "reused": data.cache.reused,
-                      "key": dataclasses.asdict(data.cache.key)} if data.cache is not None else None),
+        "features": ({"folder": str(cache.folder), "reused": cache.reused,
+                      "key": dataclasses.asdict(cache.key)} if cache is not None else None),
+        # The probe's chosen hyperparameter and the validation ROC AUC of every one tried; None for Adam's heads.
+        "probe": probe,
         "images_per_second": train_images * len(history) / seconds if seconds else 0.0,
         "device": run.device,
         "backend": backend(),
