@@ -23,11 +23,14 @@ class Failure:
     stage: str  # "train" or "evaluate"
     reason: str  # one line: the error, or how the process died
     regime: str = settings.DEFAULT_REGIME  # settings.REGIMES; records that predate regimes were fine-tuned
+    learning_rate: float | None = None  # None in records that predate the learning-rate search
 
     def line(self) -> str:
-        # The seed's regime goes unnamed, as it always did; another one is named as the report's rows name it.
+        # The seed's regime goes unnamed, as it always did; another one is named as the report's rows name it. The
+        # learning rate tells apart the candidates of one row.
         regime = "" if self.regime == settings.DEFAULT_REGIME else f" · {self.regime}"
-        return f"{self.backbone}{regime} (seed {self.seed}) failed in {self.stage}: {self.reason}"
+        rate = "" if self.learning_rate is None else f"learning rate {self.learning_rate:g}, "
+        return f"{self.backbone}{regime} ({rate}seed {self.seed}) failed in {self.stage}: {self.reason}"
 
 
 def write_failure(folder: Path, failure: Failure) -> None:

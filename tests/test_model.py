@@ -129,13 +129,15 @@ def test_frozen_backbone_trains_the_head_only():
 def test_plan_lists_every_backbone_regime_and_seed_and_refuses_repeats():
     from cxr.training.plan import plan_runs
 
+    seed_rate = {"learning_rate": 1e-5}  # the seed's, the default
     assert plan_runs(["vgg16", "MobileNet"], [42, 7.0]) == [
-        {"backbone": "VGG16", "regime": "finetune", "seed": 42}, {"backbone": "VGG16", "regime": "finetune", "seed": 7},
-        {"backbone": "MobileNet", "regime": "finetune", "seed": 42},
-        {"backbone": "MobileNet", "regime": "finetune", "seed": 7}]
+        {"backbone": "VGG16", "regime": "finetune", **seed_rate, "seed": 42},
+        {"backbone": "VGG16", "regime": "finetune", **seed_rate, "seed": 7},
+        {"backbone": "MobileNet", "regime": "finetune", **seed_rate, "seed": 42},
+        {"backbone": "MobileNet", "regime": "finetune", **seed_rate, "seed": 7}]
     assert plan_runs(["densenet121"], [1], ["frozen", "finetune"]) == [
-        {"backbone": "DenseNet121", "regime": "frozen", "seed": 1},
-        {"backbone": "DenseNet121", "regime": "finetune", "seed": 1}]
+        {"backbone": "DenseNet121", "regime": "frozen", **seed_rate, "seed": 1},
+        {"backbone": "DenseNet121", "regime": "finetune", **seed_rate, "seed": 1}]
     with pytest.raises(UserError, match="regimes: unknown regime 'linear'; valid: finetune, frozen"):
         plan_runs(["VGG16"], [1], ["frozen", "linear"])
     with pytest.raises(UserError, match="regimes: frozen is listed more than once"):
@@ -152,6 +154,37 @@ def test_plan_lists_every_backbone_regime_and_seed_and_refuses_repeats():
         plan_runs(["VGG16"], [1.5])
     with pytest.raises(UserError, match="empty"):
         plan_runs([], [42])
+
+
+def test_every_backbone_and_regime_gets_every_learning_rate_and_seed():
+    from cxr.training.plan import plan_runs
+
+    runs = plan_runs(["MobileNet", "VGG16"], [42, 7], ["finetune", "frozen"], [1e-3, 1e-4, 1])  # KFP: 1 for 1.0
+    assert len(runs) == 2 * 2 * 3 * 2
+    for backbone in ("MobileNet", "VGG16"):
+        for regime in ("finetune", "frozen"):
+            budget = [(r["learning_rate"], r["seed"]) for r in runs
+                      if (r["backbone"], r["regime"]) == (backbone, regime)]
+            assert sorted(budget) == sorted((rate, seed) for rate in (1e-3, 1e-4, 1.0) for seed in (42, 7))
+    assert all(isinstance(r["learning_rate"], float) for r in runs)
+
+
+@pytest.mark.parametrize("rates, message", [
+    ([], "learning_rates: the list is empty"),
+    ([1e-3, 1e-4, 0.001], "learning_rates: 0.001 is listed more than once"),
+    ([1e-3, 0], "learning_rates: 0 is not a positive finite number"),
+    ([-1e-3], "learning_rates: -0.001 is not a positive finite number"),
+    ([float("nan")], "learning_rates: nan is not a positive finite number"),
+    ([float("inf")], "learning_rates: inf is not a positive finite number"),
+    (["1e-3"], "learning_rates: '1e-3' is not a positive finite number"),
+    ([True], "learning_rates: True is not a positive finite number"),
+])
+def test_the_plan_refuses_a_bad_learning_rate_list_in_one_line(rates, message):
+    from cxr.training.plan import plan_runs
+
+    with pytest.raises(UserError) as raised:
+        plan_runs(["MobileNet"], [42], ["finetune"], rates)
+    assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
 
 
 def test_the_plan_knows_the_registrys_backbones_without_importing_tensorflow():

@@ -1,5 +1,6 @@
-"""The leaderboard: one row per contender (backbone and regime over its seeds, or the ensemble), sorted by test
-ROC AUC, each compared with the best one by a paired test; and the compact view of it that leads the report.
+"""The leaderboard: one row per contender (backbone and regime at its chosen learning rate over its seeds, or the
+ensemble), sorted by test ROC AUC, each compared with the best one by a paired test; and the compact view of it
+that leads the report.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from cxr.results.metrics import patient_bootstrap, roc_auc, threshold_metrics
 
 # The metrics whose spread over seeds the leaderboard shows (column <metric>_std).
 SEED_SPREAD = ("test_accuracy", "sensitivity", "specificity", "roc_auc", "brier", "ece")
-COLUMNS = ["backbone", "regime", "seeds", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
-           "test_accuracy", "test_accuracy_std", "sensitivity", "sensitivity_std", "specificity", "specificity_std",
+COLUMNS = ["backbone", "regime", "learning_rate", "candidates", "seeds", "train_loss", "train_accuracy", "val_loss",
+           "val_accuracy", "test_loss", "test_accuracy", "test_accuracy_std", "sensitivity", "sensitivity_std",
+           "specificity", "specificity_std",
            "roc_auc", "roc_auc_std", "roc_auc_ci95", "auc_diff_vs_best", "auc_diff_ci95_low", "auc_diff_ci95_high",
            "delong_p_vs_best", "vs_best", "brier", "brier_std", "brier_ci95", "ece", "ece_std", "ece_ci95",
            "val_threshold", "sensitivity_at_val_threshold", "sensitivity_at_val_threshold_ci95",
@@ -26,7 +28,7 @@ COLUMNS = ["backbone", "regime", "seeds", "train_loss", "train_accuracy", "val_l
            "learning_seconds", "epochs"]
 # The compact table that leads the report (it fits a 1,300 px window): its headings and the full table's columns
 # each is made of (a value and, where there is one, its interval).
-COMPACT = {"backbone": ("backbone", None), "regime": ("regime", None),
+COMPACT = {"backbone": ("backbone", None), "regime": ("regime", None), "learning rate": ("learning_rate", None),
            "ROC AUC (95 % CI)": ("roc_auc", "roc_auc_ci95"),
            "sensitivity at val. threshold": ("sensitivity_at_val_threshold", "sensitivity_at_val_threshold_ci95"),
            "specificity at val. threshold": ("specificity_at_val_threshold", "specificity_at_val_threshold_ci95"),
@@ -115,7 +117,8 @@ def contender_row(films: pd.DataFrame, contender: Contender, samples: int = sett
         per_seed = pd.DataFrame([_scores(contender.metrics, labels, contender.probabilities)])
         learning_time = ""
     intervals = seed_mean_intervals(films, contender, samples)
-    row = {"backbone": contender.backbone, "regime": contender.regime, "seeds": len(contender.runs) or pd.NA,
+    row = {"backbone": contender.backbone, "regime": contender.regime, "learning_rate": contender.learning_rate,
+           "candidates": contender.candidates, "seeds": len(contender.runs) or pd.NA,
            **per_seed.mean().to_dict(),
            **{f"{name}_std": per_seed[name].std(ddof=1) if len(per_seed) > 1 else float("nan")
               for name in SEED_SPREAD},
@@ -152,7 +155,8 @@ def leaderboard(films: pd.DataFrame, rows: Sequence[Contender], samples: int = s
                 ) -> pd.DataFrame:
     """One row per contender, sorted by test ROC AUC (best first), compared with the best."""
     table = pd.DataFrame([contender_row(films, contender, samples) for contender in rows], columns=COLUMNS)
-    table["seeds"] = table["seeds"].astype("Int64")
+    table[["seeds", "candidates"]] = table[["seeds", "candidates"]].astype("Int64")
+    table["learning_rate"] = table["learning_rate"].astype(float)  # the ensemble's None: NaN
     table["vs_best"] = table["vs_best"].astype(object)
     table = table.sort_values("roc_auc", ascending=False, kind="stable").reset_index(drop=True)
     return compare_with_best(films, table, {contender.name: contender for contender in rows}, samples)
@@ -184,6 +188,18 @@ def cell(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def rate(value) -> str:
+    """A learning rate as text (1e-05, 0.001); nothing for the ensemble, which has none."""
+    return "" if value is None or pd.isna(value) else f"{value:g}"
+
+
+def full(table: pd.DataFrame) -> pd.DataFrame:
+    """Every column of the leaderboard, every cell text (cell; the learning rate as rate)."""
+    cells = table.map(cell)
+    cells["learning_rate"] = table["learning_rate"].map(rate)
+    return cells
+
+
 def _with_interval(value, interval) -> str:
     if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
         return "n/a"
@@ -191,9 +207,9 @@ def _with_interval(value, interval) -> str:
 
 
 def compact(table: pd.DataFrame) -> pd.DataFrame:
-    """The leading table, every cell text: backbone, regime, ROC AUC, sensitivity and specificity at the
-    validation threshold with their 95 % intervals, vs_best, Brier and learning time (a frozen row's marked:
-    it includes the feature extraction)."""
+    """The leading table, every cell text: backbone, regime, the chosen learning rate, ROC AUC, sensitivity and
+    specificity at the validation threshold with their 95 % intervals, vs_best, Brier and learning time (a frozen
+    row's marked: it includes the feature extraction)."""
     rows = []
     for _, row in table.iterrows():
         cells = {}
@@ -203,6 +219,8 @@ def compact(table: pd.DataFrame) -> pd.DataFrame:
                 cells[heading] = _with_interval(value, row[interval])
             elif column == "brier":
                 cells[heading] = "" if pd.isna(value) else f"{value:.3f}"
+            elif column == "learning_rate":
+                cells[heading] = rate(value)
             else:
                 cells[heading] = cell(value)
         if row["regime"] == "frozen" and cells["learning time"]:

@@ -49,7 +49,7 @@ class TrainSettings:
     backbone: str = option(MISSING, f"one of {', '.join(settings.ALL_BACKBONES)}, in any letter case", scope=PER_RUN)
     epochs: int = option(settings.EPOCHS, "epochs at most (early stopping may end sooner)")
     batch_size: int = option(settings.BATCH_SIZE, "films per training step")
-    learning_rate: float = option(settings.LEARNING_RATE, "Adam's learning rate", flag="--lr")
+    learning_rate: float = option(settings.LEARNING_RATE, "Adam's learning rate", flag="--lr", scope=PER_RUN)
     dense_units: int = option(settings.DENSE_UNITS, "units of the head's hidden Dense layer")
     dropout: float = option(settings.DROPOUT, "dropout before the output layer")
     image_size: int = option(settings.IMAGE_SIZE, "input size in pixels; 0 = the backbone's native size")
@@ -92,6 +92,22 @@ class TrainSettings:
         check_weights(self.weights)
 
 
+# The per-run options that name a leaderboard row: every one but the learning rate, which a row searches (its
+# candidates, chosen on validation), and the seed, which repeats a candidate. A new axis of the study declared here
+# as a per-run option becomes part of the row key of the report and the provenance checks.
+ROW = tuple(option.name for option in TrainSettings.options(PER_RUN) if option.name not in ("learning_rate", "seed"))
+
+
+def row_key(run) -> tuple:
+    """The leaderboard row a training or result (anything with the ROW attributes) belongs to."""
+    return tuple(getattr(run, name) for name in ROW)
+
+
+def row_name(key: tuple) -> str:
+    """A row as the report names it: `ResNet50 · frozen`."""
+    return " · ".join(str(value) for value in key)
+
+
 def check_weights(weights: str) -> None:
     """Refuse, before any work, a --weights that names no usable file: a missing path, or a whole saved model
     (.keras), whose layers are not a backbone's and would be refused only after Keras printed every mismatch."""
@@ -106,10 +122,26 @@ def check_weights(weights: str) -> None:
                         "a folder of them")
 
 
-def plan_runs(names: list[str], seeds: list[int], regimes: list[str] = settings.PIPELINE_REGIMES) -> list[dict]:
-    """One training per backbone, regime and seed, {"backbone": canonical name, "regime": str, "seed": int},
-    checked before any work: an unknown name or regime, a backbone listed twice (in any letter case: both would
-    share one checkpoint), a repeated regime or seed is refused with one line."""
+def check_learning_rates(rates: list) -> list[float]:
+    """The learning rates of a search as floats, refused in one line when the list is empty or a rate is repeated,
+    not a number, not positive or not finite: a typo costs seconds, not an ingest."""
+    if not rates:
+        raise UserError("learning_rates: the list is empty")
+    for rate in rates:
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate < math.inf:
+            raise UserError(f"learning_rates: {rate!r} is not a positive finite number")
+        if rates.count(rate) > 1:
+            raise UserError(f"learning_rates: {rate:g} is listed more than once in {list(rates)}")
+    return [float(rate) for rate in rates]
+
+
+def plan_runs(names: list[str], seeds: list[int], regimes: list[str] = settings.PIPELINE_REGIMES,
+              learning_rates: list[float] = settings.LEARNING_RATES) -> list[dict]:
+    """One training per backbone, regime, learning rate and seed, {"backbone": canonical name, "regime": str,
+    "learning_rate": float, "seed": int}: every backbone and regime gets the same learning rates and seeds, an
+    equal tuning budget by construction. Checked before any work: an unknown name or regime, a backbone listed
+    twice (in any letter case: both would share one checkpoint), a repeated regime or seed, a bad learning rate
+    (check_learning_rates) is refused with one line."""
     if not names:
         raise UserError("backbones: the list is empty")
     if not seeds:
@@ -132,16 +164,17 @@ def plan_runs(names: list[str], seeds: list[int], regimes: list[str] = settings.
     seeds = [int(seed) for seed in seeds]
     if len(set(seeds)) != len(seeds):
         raise UserError(f"seeds: a seed is repeated in {seeds}")
-    return [{"backbone": name, "regime": regime, "seed": seed}
-            for name in canonical for regime in regimes for seed in seeds]
+    rates = check_learning_rates(learning_rates)
+    return [{"backbone": name, "regime": regime, "learning_rate": rate, "seed": seed}
+            for name in canonical for regime in regimes for rate in rates for seed in seeds]
 
 
-def pipeline_checkpoint(root: str, run_id: str, backbone: str, regime: str, seed: int) -> Path:
-    """Where a pipeline's train task keeps its checkpoint: per run, backbone, regime and seed under `root` (a volume
-    that outlives the pod, so a retried task finds it), or in a fresh temporary folder when `root` is empty, which
-    keeps checkpoints out of the uploaded model artifact."""
+def pipeline_checkpoint(root: str, run_id: str, backbone: str, regime: str, learning_rate: float, seed: int) -> Path:
+    """Where a pipeline's train task keeps its checkpoint: per run, backbone, regime, learning rate and seed under
+    `root` (a volume that outlives the pod, so a retried task finds it), or in a fresh temporary folder when `root`
+    is empty, which keeps checkpoints out of the uploaded model artifact."""
     base = Path(root) if root else Path(tempfile.mkdtemp(prefix="checkpoint-"))
-    return base / run_id / f"{canonical_backbone(backbone).lower()}-{regime}-seed{seed}"
+    return base / run_id / f"{canonical_backbone(backbone).lower()}-{regime}-lr{learning_rate:g}-seed{seed}"
 
 
 def pipeline_features(root: str) -> Path | None:

@@ -66,7 +66,8 @@ def train_supervised(data_dir: Path, out: Path, options: TrainSettings, checkpoi
     `features`: the frozen regime's feature cache root (train's default when None)."""
     outcome = _supervise(data_dir, out, options, checkpoint, device, attempts, features)
     if outcome.failure:
-        write_failure(out, Failure(options.backbone, options.seed, "train", outcome.failure, options.regime))
+        write_failure(out, Failure(options.backbone, options.seed, "train", outcome.failure, options.regime,
+                                   options.learning_rate))
     return outcome
 
 
