@@ -72,7 +72,7 @@ def main() -> None:
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work / "pipeline-root"))
         started = time.perf_counter()
         chest_xray_benchmark(source=str(work / "synthetic"), backbones=[args.backbone], epochs=args.epochs,
-                             batch_size=TINY["batch_size"], learning_rate=TINY["learning_rate"],
+                             batch_size=TINY["batch_size"], learning_rates=[TINY["learning_rate"]],
                              image_size=TINY["image_size"], weights=TINY["weights"],
                              processed_image_size=TINY["image_size"], val_fraction=TINY["val_fraction"],
                              device="cpu", checkpoint_root=str(work / "checkpoints"))

@@ -21,9 +21,11 @@ def train_backbone(processed: Input[Dataset], backbone: str, epochs: int, batch_
 
     options = TrainSettings.from_values(locals())
     outcome = train_supervised(processed.path, model.path, options, device=device, attempts=settings.TRAIN_ATTEMPTS,
-                               checkpoint=pipeline_checkpoint(checkpoint_root, run_id, backbone, regime, seed, head),
+                               checkpoint=pipeline_checkpoint(checkpoint_root, run_id, backbone, regime,
+                                                               learning_rate, seed, head),
                                features=pipeline_features(checkpoint_root))
-    model.metadata.update({"backbone": backbone, "regime": regime, "head": head, "seed": seed})
+    model.metadata.update({"backbone": backbone, "regime": regime, "head": head, "learning_rate": learning_rate,
+                           "seed": seed})
     if outcome.failure:  # failure.json is in the model folder: evaluate passes it on to the report
         model.metadata["failure"] = outcome.failure
         return

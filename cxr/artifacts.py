@@ -346,6 +346,7 @@ def read_train_metrics(path: Path) -> dict:
     _number(trained, path, "settings.seed", integer=True)
     _number(trained, path, "settings.dense_units", 1, integer=True)
     _number(trained, path, "settings.dropout", 0, 1)
+    _number(trained, path, "settings.learning_rate")  # the report chooses among a row's learning rates
     options["regime"] = _regime(trained, path, "settings.regime")
     options["head"] = _head(trained, path, "settings.head")
     _data(trained, path, "provenance.data")  # the data it was trained on (cxr.provenance); absent in older files
@@ -389,7 +390,8 @@ def read_failure(folder: Path) -> Failure | None:
         record = read_json(path)
         failure = Failure(_string(record, path, "backbone"), _number(record, path, "seed", integer=True),
                           _string(record, path, "stage"), str(_value(record, path, "reason")),
-                          _regime(record, path, "regime"), _head(record, path, "head"))
+                          _regime(record, path, "regime"), _head(record, path, "head"),
+                          _number(record, path, "learning_rate") if _has(record, "learning_rate") else None)
     except UserError as error:
         raise UserError(f"{path} is not a failure record ({str(error).removeprefix(f'{path}: ')}): it needs "
                         "backbone, seed, stage, reason") from None

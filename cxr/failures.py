@@ -24,12 +24,15 @@ class Failure:
     reason: str  # one line: the error, or how the process died
     regime: str = settings.DEFAULT_REGIME  # settings.REGIMES; records that predate regimes were fine-tuned
     head: str = settings.DEFAULT_HEAD  # settings.HEADS; records that predate the probes had the seed's head
+    learning_rate: float | None = None  # None in records that predate the learning-rate search
 
     def line(self) -> str:
-        # The seed's regime and head go unnamed, as they always did; others are named as the report's rows are.
+        # The seed's regime and head go unnamed, as they always did; others are named as the report's rows are. The
+        # learning rate tells apart the candidates of one row.
         regime = "" if self.regime == settings.DEFAULT_REGIME else f" · {self.regime}"
         head = "" if self.head == settings.DEFAULT_HEAD else f" · {self.head}"
-        return f"{self.backbone}{regime}{head} (seed {self.seed}) failed in {self.stage}: {self.reason}"
+        rate = "" if self.learning_rate is None else f"learning rate {self.learning_rate:g}, "
+        return f"{self.backbone}{regime}{head} ({rate}seed {self.seed}) failed in {self.stage}: {self.reason}"
 
 
 def write_failure(folder: Path, failure: Failure) -> None:

@@ -26,7 +26,7 @@ from typing import Protocol
 from cxr import artifacts, files
 from cxr.errors import UserError
 from cxr.outputs import read_json
-from cxr.training.plan import PER_RUN, TrainSettings
+from cxr.training.plan import PER_RUN, TrainSettings, row_key, row_name
 
 FINGERPRINT_DIGITS = 16  # 64 bits of SHA-256: no two datasets a user holds collide
 SHOWN_DIGITS = 8  # how many of them a message shows
@@ -99,8 +99,8 @@ def training_id(folder: Path) -> str:
 
 
 def recipe(trained: Mapping) -> dict:
-    """The training's settings but those that differ between the runs of one comparison row (the seed; the
-    backbone names the row): what the seeds of one row must share."""
+    """The training's settings but the per-run ones: those that name the comparison row (backbone, regime), its
+    searched learning rate and the seed. What every result of one row must share."""
     per_run = {option.name for option in TrainSettings.options(PER_RUN)}
     return {key: value for key, value in trained["settings"].items() if key not in per_run}
 
@@ -245,16 +245,16 @@ def _check_data_of_results(results: Sequence[Evaluated]) -> None:
 
 
 def _check_recipes(results: Sequence[Evaluated]) -> None:
-    rows: dict[tuple[str, str], Evaluated] = {}
+    rows: dict[tuple, Evaluated] = {}
     for result in results:
-        first = rows.setdefault((result.backbone, result.regime), result)
+        first = rows.setdefault(row_key(result), result)
         ours, theirs = recipe(result.training), recipe(first.training)
         changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
         if changed:
             shown = "; ".join(f"{k} {theirs.get(k)!r} and {ours.get(k)!r}" for k in changed)
-            raise UserError(f"{first.folder} and {result.folder} are seeds of one row ({result.backbone} · "
-                            f"{result.regime}) but were trained with other settings ({shown}); the seeds of one row "
-                            "may differ only in seed")
+            raise UserError(f"{first.folder} and {result.folder} are results of one row ({row_name(row_key(result))})"
+                            f" but were trained with other settings ({shown}); the results of one row may differ "
+                            "only in the learning rate (its candidates) and the seed")
 
 
 def check_results(results: Sequence[Evaluated]) -> None:

@@ -1,5 +1,6 @@
-"""The pipeline: plan -> ingest -> preprocess -> for each backbone, regime, head and seed in parallel (train ->
-evaluate -> explain) -> aggregate (report, model card, the best model exported) -> verdict.
+"""The pipeline: plan -> ingest -> preprocess -> for each backbone, regime, head, learning rate and seed in parallel
+(train -> evaluate -> explain) -> aggregate (each row's learning rate chosen on validation, the report, the model
+card, the best model exported) -> verdict.
 
     python -m pipelines.chest_xray_benchmark [--output pipelines/chest_xray_benchmark.yaml]
 
@@ -75,7 +76,7 @@ def chest_xray_benchmark(
     seeds: List[int] = list(settings.SEEDS),
     epochs: int = settings.EPOCHS,
     batch_size: int = settings.BATCH_SIZE,
-    learning_rate: float = settings.LEARNING_RATE,
+    learning_rates: List[float] = list(settings.LEARNING_RATES),
     dense_units: int = settings.DENSE_UNITS,
     dropout: float = settings.DROPOUT,
     image_size: int = settings.IMAGE_SIZE,
@@ -89,8 +90,10 @@ def chest_xray_benchmark(
     explain_films: int = settings.EXPLAIN_FILMS,
     checkpoint_root: str = CHECKPOINT_MOUNT if settings.CHECKPOINT_PVC else "",
 ) -> Artifact:
-    # Names, regimes, heads and seeds are checked before anything runs: a typo costs seconds, not an ingest.
-    plan = plan_trainings(backbones=backbones, regimes=regimes, heads=heads, seeds=seeds).set_display_name("plan")
+    # Names, regimes, heads, learning rates and seeds are checked before anything runs: a typo costs seconds, not an
+    # ingest.
+    plan = plan_trainings(backbones=backbones, regimes=regimes, heads=heads, learning_rates=learning_rates,
+                          seeds=seeds).set_display_name("plan")
     ingest = ingest_dataset(source=source, cache=cache).set_display_name("ingest").after(plan)
     with_kaggle_credentials(ingest)
 
@@ -99,12 +102,13 @@ def chest_xray_benchmark(
     for task in (ingest, preprocess):
         task.set_caching_options(True)
 
-    # One training per backbone, regime, head and seed. A training that fails for good records why instead of failing
-    # its task (cxr.training.supervise), so every branch yields a result and the fan-in always runs: a failed
-    # iteration would stop the aggregate on KFP 2.17 (its driver and Argo compiler have no partial fan-in).
+    # One training per backbone, regime, head, learning rate and seed: every row gets the same tuning budget. A
+    # training that fails for good records why instead of failing its task (cxr.training.supervise), so every
+    # branch yields a result and the fan-in always runs: a failed iteration would stop the aggregate on KFP 2.17
+    # (its driver and Argo compiler have no partial fan-in).
     with dsl.ParallelFor(plan.output, parallelism=settings.PARALLELISM, name="for-each-training") as run:
         train = train_backbone(processed=preprocess.outputs["processed"], backbone=run.backbone, regime=run.regime,
-                               head=run.head, seed=run.seed,
+                               head=run.head, learning_rate=run.learning_rate, seed=run.seed,
                                **pipeline_options(locals()), device=device, checkpoint_root=checkpoint_root,
                                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         train.set_retry(settings.TRAIN_RETRIES, backoff_max_duration=settings.TRAIN_RETRY_WINDOW)

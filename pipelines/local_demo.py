@@ -1,9 +1,12 @@
 """`make demo`: the whole pipeline through KFP's local runner, on synthetic data, sized for a laptop CPU.
 
-    python -m pipelines.local_demo [--out runs/demo] [--backbones MobileNet,ResNet50] [--regimes frozen] ...
+    python -m pipelines.local_demo [--out runs/demo] [--backbones MobileNet,ResNet50] [--regimes frozen]
+                                   [--learning-rates 1e-3,1e-4] ...
 
 Three backbones in both regimes by default: each fine-tuned end to end and frozen (its features computed once,
 the head trained on them), side by side in the report; `--backbones` takes any of the registry's names.
+`--learning-rates` trains every backbone and regime at each rate and lets the report choose each row's on
+validation (tuning.csv).
 
 Every task runs as a subprocess of this Python (kfp.local.SubprocessRunner), so nothing needs Docker or a
 cluster; GPU requests, node selectors and volumes are ignored locally (with a warning from kfp).
@@ -42,7 +45,7 @@ DEMO = {
     "image_size": 32,
     "epochs": 4,
     "batch_size": 16,  # twice the optimizer and BatchNorm steps per epoch of 32, for little more CPU time
-    "learning_rate": 1e-3,
+    "learning_rates": (1e-3,),
     "weights": "none",
     # Both regimes, side by side. From scratch (weights none) a frozen backbone is a random one: its row shows the
     # regime's wiring and cost (one pass of the backbone, then seconds of head training), not what ImageNet
@@ -62,18 +65,33 @@ def names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+def learning_rates(text: str) -> list[float]:
+    """--learning-rates as numbers: a comma-separated list, each refused in one line when it is not a number
+    (plan_runs refuses the rest: an empty list, a repeat, a rate that is not positive and finite)."""
+    rates = []
+    for word in (word.strip() for word in text.split(",")):
+        if not word:
+            continue
+        try:
+            rates.append(float(word))
+        except ValueError:
+            raise UserError(f"--learning-rates: {word!r} is not a number") from None
+    return rates
+
+
 def check(args: argparse.Namespace) -> tuple[Path, list[dict]]:
     """Every setting checked before the first step (synth takes seconds, the pipeline minutes): the output folder,
-    the backbones and regimes, the film count and the sizes, each refused in one line. Returns the output folder
-    and the plan's trainings, their names spelled as the registry spells them."""
+    the backbones, regimes, heads and learning rates, the film count and the sizes, each refused in one line.
+    Returns the output folder and the plan's trainings, their names spelled as the registry spells them."""
     out = args.out.resolve()
     if out.is_dir() and any(out.iterdir()):
         raise UserError(f"{out} is not empty; remove it or pass --out NEW_FOLDER")
-    runs = plan_runs(names(args.backbones), settings.SEEDS, names(args.regimes), names(args.heads))
+    runs = plan_runs(names(args.backbones), settings.SEEDS, names(args.regimes), names(args.heads),
+                     learning_rates(args.learning_rates))
     plan_splits(args.per_class)
     for run in runs:
         TrainSettings(run["backbone"], epochs=args.epochs, batch_size=DEMO["batch_size"],
-                      learning_rate=DEMO["learning_rate"], image_size=args.image_size, weights=DEMO["weights"],
+                      learning_rate=run["learning_rate"], image_size=args.image_size, weights=DEMO["weights"],
                       regime=run["regime"], head=run["head"]).validate()
     make_folder(out, "--out")  # last: a file, or a place that cannot be created, is one line too
     return out, runs
@@ -91,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--heads", default=",".join(settings.PIPELINE_HEADS),
                         help=f"comma-separated, in any letter case: any of {', '.join(settings.HEADS)} (knn: frozen "
                         "only)")
+    parser.add_argument("--learning-rates", default=",".join(f"{rate:g}" for rate in DEMO["learning_rates"]),
+                        help="comma-separated; each row's is chosen on validation among them (a probe fitted by "
+                        "scikit-learn has none)")
     parser.add_argument("--per-class", type=int, default=DEMO["per_class"], help="synthetic films per class")
     parser.add_argument("--epochs", type=int, default=DEMO["epochs"], help="epochs per training")
     parser.add_argument("--image-size", type=int, default=DEMO["image_size"],
@@ -122,7 +143,8 @@ def run_pipeline(args: argparse.Namespace, out: Path, runs: list[dict]) -> bool:
             source=str(out / "synthetic"), backbones=list(dict.fromkeys(run["backbone"] for run in runs)),
             regimes=list(dict.fromkeys(run["regime"] for run in runs)),
             heads=list(dict.fromkeys(run["head"] for run in runs)), epochs=args.epochs,
-            batch_size=DEMO["batch_size"], learning_rate=DEMO["learning_rate"], image_size=args.image_size,
+            batch_size=DEMO["batch_size"], learning_rates=learning_rates(args.learning_rates),
+            image_size=args.image_size,
             weights=DEMO["weights"], processed_image_size=DEMO["processed_image_size"],
             val_fraction=DEMO["val_fraction"], device=DEMO["device"], checkpoint_root=str(out / "checkpoints"))
     except RuntimeError:

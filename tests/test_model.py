@@ -130,7 +130,7 @@ def test_frozen_backbone_trains_the_head_only():
 def test_plan_lists_every_backbone_regime_and_seed_and_refuses_repeats():
     from cxr.training.plan import plan_runs
 
-    seed = {"head": "seed"}
+    seed = {"head": "seed", "learning_rate": 1e-5}  # the seed's head and learning rate, the defaults
     assert plan_runs(["vgg16", "MobileNet"], [42, 7.0]) == [
         {"backbone": "VGG16", "regime": "finetune", "seed": 42, **seed},
         {"backbone": "VGG16", "regime": "finetune", "seed": 7, **seed},
@@ -160,10 +160,12 @@ def test_plan_lists_every_backbone_regime_and_seed_and_refuses_repeats():
 def test_every_name_a_user_types_is_matched_without_blanks_in_any_case():
     from cxr.training.plan import TrainSettings, plan_runs
 
-    assert plan_runs([" vgg16 ", "MOBILENET"], [42], [" FROZEN", "Finetune "]) == [
-        {"backbone": "VGG16", "regime": "frozen", "seed": 42}, {"backbone": "VGG16", "regime": "finetune", "seed": 42},
-        {"backbone": "MobileNet", "regime": "frozen", "seed": 42},
-        {"backbone": "MobileNet", "regime": "finetune", "seed": 42}]
+    seed = {"head": "linear", "learning_rate": 1e-5}
+    assert plan_runs([" vgg16 ", "MOBILENET"], [42], [" FROZEN", "Finetune "], [" Linear"]) == [
+        {"backbone": "VGG16", "regime": "frozen", "seed": 42, **seed},
+        {"backbone": "VGG16", "regime": "finetune", "seed": 42, **seed},
+        {"backbone": "MobileNet", "regime": "frozen", "seed": 42, **seed},
+        {"backbone": "MobileNet", "regime": "finetune", "seed": 42, **seed}]
     with pytest.raises(UserError, match="regimes: frozen is listed more than once"):
         plan_runs(["VGG16"], [1], ["frozen", "Frozen"])
     options = TrainSettings(" resnet50", regime="FROZEN ")
@@ -171,6 +173,53 @@ def test_every_name_a_user_types_is_matched_without_blanks_in_any_case():
     assert (options.backbone, options.regime) == ("ResNet50", "frozen")
     with pytest.raises(UserError, match="--regime must be one of finetune, frozen, got 'sideways'"):
         TrainSettings("ResNet50", regime="sideways").validate()
+
+
+def test_every_backbone_and_regime_gets_every_learning_rate_and_seed():
+    from cxr.training.plan import plan_runs
+
+    runs = plan_runs(["MobileNet", "VGG16"], [42, 7], ["finetune", "frozen"],
+                     learning_rates=[1e-3, 1e-4, 1])  # KFP: 1 for 1.0
+    assert len(runs) == 2 * 2 * 3 * 2
+    for backbone in ("MobileNet", "VGG16"):
+        for regime in ("finetune", "frozen"):
+            budget = [(r["learning_rate"], r["seed"]) for r in runs
+                      if (r["backbone"], r["regime"]) == (backbone, regime)]
+            assert sorted(budget) == sorted((rate, seed) for rate in (1e-3, 1e-4, 1.0) for seed in (42, 7))
+    assert all(isinstance(r["learning_rate"], float) for r in runs)
+
+
+@pytest.mark.parametrize("rates, message", [
+    ([], "learning_rates: the list is empty"),
+    ([1e-3, 1e-4, 0.001], "learning_rates: 0.001 is listed more than once"),
+    ([1e-3, 0], "learning_rates: 0 is not a positive finite number"),
+    ([-1e-3], "learning_rates: -0.001 is not a positive finite number"),
+    ([float("nan")], "learning_rates: nan is not a positive finite number"),
+    ([float("inf")], "learning_rates: inf is not a positive finite number"),
+    (["1e-3"], "learning_rates: '1e-3' is not a positive finite number"),
+    ([True], "learning_rates: True is not a positive finite number"),
+])
+def test_the_plan_refuses_a_bad_learning_rate_list_in_one_line(rates, message):
+    from cxr.training.plan import plan_runs
+
+    with pytest.raises(UserError) as raised:
+        plan_runs(["MobileNet"], [42], ["finetune"], learning_rates=rates)
+    assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
+
+
+def test_a_probe_fitted_by_scikit_learn_is_planned_once_whatever_the_learning_rates():
+    from cxr.training.plan import plan_runs
+
+    runs = plan_runs(["MobileNet"], [42, 7], ["frozen", "finetune"], ["seed", "linear", "knn"],
+                     learning_rates=[1e-3, 1e-4])
+    budget: dict[tuple, list] = {}
+    for run in runs:
+        budget.setdefault((run["regime"], run["head"]), []).append((run["learning_rate"], run["seed"]))
+    every = sorted((rate, seed) for rate in (1e-3, 1e-4) for seed in (42, 7))
+    assert {key: sorted(value) for key, value in budget.items()} == {
+        ("frozen", "seed"): every, ("finetune", "seed"): every,
+        ("finetune", "linear"): every,  # trained end to end with Adam: it has a learning rate to search
+        ("frozen", "linear"): [(1e-3, 7), (1e-3, 42)], ("frozen", "knn"): [(1e-3, 7), (1e-3, 42)]}
 
 
 def test_the_plan_knows_the_registrys_backbones_without_importing_tensorflow():

@@ -63,3 +63,15 @@ def test_the_pipeline_has_every_pipeline_option_with_the_declared_default_and_ha
     loop = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["train-backbone"]["inputs"]["parameters"]
     for option in TrainSettings.options(PIPELINE):
         assert loop[option.name] == {"componentInputParameter": f"pipelinechannel--{option.name}"}, option.name
+
+
+def test_each_training_takes_its_per_run_options_from_the_plan():
+    # backbone, regime, learning rate and seed differ between the trainings: each train task reads them from its
+    # item of the plan step's list, never from a pipeline parameter (the pipeline has learning_rates, a list).
+    spec = next(yaml.safe_load_all(YAML.read_text()))
+    loop = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["train-backbone"]["inputs"]["parameters"]
+    for option in TrainSettings.options(PER_RUN):
+        assert loop[option.name] == {"componentInputParameter": "pipelinechannel--plan-trainings-Output-loop-item",
+                                     "parameterExpressionSelector": f'parseJson(string_value)["{option.name}"]'}
+    assert "learning_rate" not in chest_xray_benchmark.component_spec.inputs
+    assert chest_xray_benchmark.component_spec.inputs["learning_rates"].default == [1e-5]

@@ -218,7 +218,7 @@ from kfp import local
 from pipelines.chest_xray_benchmark import chest_xray_benchmark
 local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root={str(tmp_path / "root")!r})
 chest_xray_benchmark(source={str(synthetic_archive)!r}, backbones=["VGG16", "MobileNet"], epochs=5, batch_size=16,
-                     learning_rate=1e-3, image_size=32, weights="none", processed_image_size=32, val_fraction=0.2,
+                     learning_rates=[1e-3], image_size=32, weights="none", processed_image_size=32, val_fraction=0.2,
                      patience=5, device="cpu", checkpoint_root={str(tmp_path / "ckpt")!r})
 """
     env = {**os.environ, "CXR_TRAIN_ATTEMPTS": "1", "PYTHONPATH": str(ROOT)}
@@ -232,7 +232,7 @@ chest_xray_benchmark(source={str(synthetic_archive)!r}, backbones=["VGG16", "Mob
     leaderboard = next((tmp_path / "root").rglob("leaderboard.csv"))
     assert pd.read_csv(leaderboard)["backbone"].tolist() == ["MobileNet"]  # no ensemble of one backbone
     report = (leaderboard.parent / "report.html").read_text()
-    assert '<section id="missing">' in report and "VGG16 (seed 42) failed in train" in report
+    assert '<section id="missing">' in report and "VGG16 (learning rate 0.001, seed 42) failed in train" in report
     assert "Where each backbone looks (Grad-CAM)" in report and "MobileNet_gradcam" in report
     assert "Model card" in report
     exported = next((tmp_path / "root").rglob("best_model"))
@@ -245,11 +245,45 @@ chest_xray_benchmark(source={str(synthetic_archive)!r}, backbones=["VGG16", "Mob
     assert model["metadata"]["backbone"] == "MobileNet" and model["metadata"]["image_size"] == 32
     assert not (Path(model["uri"]) / "checkpoint").exists()  # checkpoints stay out of the model artifact
     # One folder per run (its id comes from KFP: the same for both), in it one per training, named after the
-    # backbone, the regime and the seed (cxr.training.plan.pipeline_checkpoint).
+    # backbone, the regime, the learning rate and the seed (cxr.training.plan.pipeline_checkpoint).
     checkpoints = sorted(p.relative_to(tmp_path / "ckpt") for p in (tmp_path / "ckpt").glob("*/*/state.json"))
-    assert [p.parts[1:] for p in checkpoints] == [("mobilenet-finetune-seed42", "state.json"),
-                                                 ("vgg16-finetune-seed42", "state.json")]
+    assert [p.parts[1:] for p in checkpoints] == [("mobilenet-finetune-lr0.001-seed42", "state.json"),
+                                                 ("vgg16-finetune-lr0.001-seed42", "state.json")]
     assert checkpoints[0].parts[0] == checkpoints[1].parts[0]
+
+
+@pytest.mark.slow  # the default tier checks the plan, the wiring (test_options) and the choice (test_tuning)
+@pytest.mark.timeout(1200)
+def test_two_learning_rates_and_two_seeds_give_one_ranked_row_at_the_rate_chosen_on_validation(synthetic_archive,
+                                                                                                 tmp_path):
+    """The whole pipeline on the local runner, MobileNet frozen (one feature extraction for the four trainings) at
+    two learning rates and two seeds: one leaderboard row at the chosen rate, every candidate in tuning.csv and
+    the graph, one checkpoint per training."""
+    script = f"""
+from kfp import local
+from pipelines.chest_xray_benchmark import chest_xray_benchmark
+local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root={str(tmp_path / "root")!r})
+chest_xray_benchmark(source={str(synthetic_archive)!r}, backbones=["MobileNet"], regimes=["frozen"],
+                     learning_rates=[1e-2, 1e-4], seeds=[1, 2], epochs=1, batch_size=16, image_size=32,
+                     weights="none", processed_image_size=32, val_fraction=0.2, device="cpu", explain_films=2,
+                     checkpoint_root={str(tmp_path / "ckpt")!r})
+"""
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=1100)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    report = next((tmp_path / "root").rglob("leaderboard.csv")).parent
+    candidates = pd.read_csv(report / "tuning.csv")
+    assert sorted(candidates["learning_rate"]) == [1e-4, 1e-2] and (candidates["seeds"] == 2).all()
+    best = candidates.sort_values(["val_roc_auc", "learning_rate"], ascending=[False, True]).iloc[0]
+    assert candidates.loc[candidates["chosen"], "learning_rate"].tolist() == [best["learning_rate"]]
+    board = pd.read_csv(report / "leaderboard.csv")
+    assert board[["backbone", "regime"]].values.tolist() == [["MobileNet", "frozen"]]
+    assert (board.loc[0, "learning_rate"], board.loc[0, "candidates"], board.loc[0, "seeds"]) == (
+        best["learning_rate"], 2, 2)
+    assert (report / "learning_rate_search.png").is_file()
+    assert "Equal tuning budgets" in (report / "report.html").read_text()
+    trainings = sorted(p.parent.name for p in (tmp_path / "ckpt").glob("*/*/state.json"))
+    assert trainings == [f"mobilenet-frozen-lr{rate}-seed{seed}" for rate in ("0.0001", "0.01") for seed in (1, 2)]
 
 
 def trained_models(pipeline_root: Path) -> dict[str, dict]:
@@ -291,6 +325,16 @@ def test_a_backbone_listed_twice_is_refused_before_ingest(local_runner, syntheti
     ingested_before = set(root.rglob("ingest.json"))
     with pytest.raises(RuntimeError):
         chest_xray_benchmark(source=str(synthetic_archive), backbones=["MobileNet", "mobilenet"],
+                             device="cpu", checkpoint_root=str(tmp_path / "ckpt"))
+    assert set(root.rglob("ingest.json")) == ingested_before  # ingest never ran
+
+
+@pytest.mark.parametrize("rates", [[1e-3, 1e-3], [0.0], []])
+def test_a_bad_learning_rate_list_is_refused_before_ingest(local_runner, synthetic_archive, tmp_path, rates):
+    root = Path(local.config.LocalExecutionConfig.instance.pipeline_root)
+    ingested_before = set(root.rglob("ingest.json"))
+    with pytest.raises(RuntimeError):
+        chest_xray_benchmark(source=str(synthetic_archive), backbones=["MobileNet"], learning_rates=rates,
                              device="cpu", checkpoint_root=str(tmp_path / "ckpt"))
     assert set(root.rglob("ingest.json")) == ingested_before  # ingest never ran
 

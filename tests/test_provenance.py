@@ -229,7 +229,7 @@ def test_report_refuses_a_seed_trained_on_other_data(evaluated_results, trained_
 def test_report_refuses_seeds_of_one_row_with_other_settings(evaluated_results, two_epochs, tmp_path):
     status, err = cli("report", evaluated_results["MobileNet"], two_epochs["folder"], "--out", tmp_path / "report")
     assert status == 2
-    one_error_line(err, "seeds of one row", "MobileNet · finetune", "epochs 1 and 2",
+    one_error_line(err, "results of one row", "MobileNet · finetune", "epochs 1 and 2",
                    str(evaluated_results["MobileNet"]), str(two_epochs["folder"]))
 
 
@@ -416,6 +416,9 @@ def test_a_file_written_in_parts_appears_only_when_complete(tmp_path):
     (["--per-class", "0"], "--per-class must be between"),
     (["--image-size", "5000"], "--image-size must be 0"),
     (["--regimes", "finetune,sideways"], "unknown regime 'sideways'"),
+    (["--learning-rates", "1e-3,fast"], "--learning-rates: 'fast' is not a number"),
+    (["--learning-rates", "1e-3,1e-3"], "learning_rates: 0.001 is listed more than once"),
+    (["--learning-rates", "1e-3,-1"], "learning_rates: -1.0 is not a positive finite number"),
 ])
 def test_the_demo_refuses_bad_settings_before_its_first_step(arguments, expected, tmp_path):
     out = tmp_path / "demo"

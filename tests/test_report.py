@@ -16,7 +16,7 @@ from cxr.results.report import write_report
 
 EXPECTED_FILES = {"MobileNet_loss_acc_graph.png", "VGG16_loss_acc_graph.png", "compared_model_graph.png",
                   "roc_curves.png", "confusion_matrices.png", "calibration.png", "leaderboard.csv", "leaderboard.md",
-                  "report.html", "ensemble_metrics.json"}
+                  "report.html", "ensemble_metrics.json", "tuning.csv", "learning_rate_search.png"}
 
 
 def test_report_writes_every_file_with_real_content(evaluated_results, tmp_path):
@@ -47,8 +47,8 @@ def test_report_writes_every_file_with_real_content(evaluated_results, tmp_path)
 
 def test_html_report_is_self_contained(evaluated_results, tmp_path):
     html = write_report(list(evaluated_results.values()), tmp_path / "report")[0]["report.html"].read_text()
-    # comparison, ROC, calibration, confusion, two loss/acc graphs
-    assert html.count('src="data:image/png;base64,') == 6
+    # comparison, ROC, calibration, confusion, the learning-rate search, two loss/acc graphs
+    assert html.count('src="data:image/png;base64,') == 7
     assert "http://" not in html and "https://" not in html
     assert "MobileNet" in html and "VGG16" in html
     import base64
@@ -63,7 +63,7 @@ def test_report_refuses_a_folder_that_is_not_a_result(tmp_path, capsys):
 
 
 def test_report_refuses_the_same_backbone_and_seed_twice(evaluated_results, tmp_path):
-    with pytest.raises(UserError, match="same backbone and seed"):
+    with pytest.raises(UserError, match=r"same training \(VGG16 · finetune, learning rate 1e-05, seed 42\)"):
         write_report([evaluated_results["VGG16"]] * 2, tmp_path / "report")
 
 
@@ -94,7 +94,7 @@ def write_result(folder: Path, backbone: str, seed: int, test: np.ndarray, val: 
     (folder / "train_metrics.json").write_text(json.dumps({
         "backbone": backbone, "image_size": 32, "best": best, "best_epoch": 2, "epochs_run": 3,
         "learning_time": "0:00:10", "learning_time_seconds": 10.0,
-        "settings": {"seed": seed, "dense_units": 16, "dropout": 0.5}}))
+        "settings": {"seed": seed, "learning_rate": 1e-5, "dense_units": 16, "dropout": 0.5}}))
     pd.DataFrame({"epoch": [1, 2, 3], "loss": [0.7, 0.5, 0.4], "accuracy": [0.6, 0.8, 0.85],
                   "val_loss": [0.7, 0.6, 0.65], "val_accuracy": [0.6, 0.75, 0.7]}).to_csv(folder / "history.csv",
                                                                                           index=False)
@@ -270,7 +270,8 @@ def test_regimes_are_rows_of_their_own_compared_side_by_side(tmp_path):
     markdown = written["leaderboard.md"].read_text()
     compact = pd.read_csv(io.StringIO(markdown.split("\n\n")[0]), sep="|", skipinitialspace=True).iloc[1:, 1:-1]
     compact.columns = [c.strip() for c in compact.columns]
-    assert list(compact.columns) == ["backbone", "regime", "head", "ROC AUC (95 % CI)", "sensitivity at val. threshold",
+    assert list(compact.columns) == ["backbone", "regime", "head", "learning rate", "ROC AUC (95 % CI)",
+                                     "sensitivity at val. threshold",
                                      "specificity at val. threshold", "vs best", "Brier", "learning time"]
     frozen_line = next(line for line in markdown.splitlines() if "| frozen " in line)
     low, high = frozen["roc_auc_ci95"].split("-")

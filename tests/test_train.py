@@ -103,15 +103,18 @@ def test_bad_settings_fail_with_one_line_naming_them(processed_dataset, tmp_path
     assert not (tmp_path / "run").exists()
 
 
-def test_pipeline_checkpoints_are_per_run_backbone_regime_and_seed_or_temporary(tmp_path):
+def test_pipeline_checkpoints_are_per_run_backbone_regime_head_learning_rate_and_seed_or_temporary(tmp_path):
     from cxr.training.plan import pipeline_checkpoint, pipeline_features
 
-    assert (pipeline_checkpoint(str(tmp_path), "run-7", "resnet50", "frozen", 3)
-            == tmp_path / "run-7" / "resnet50-frozen-seed3")
-    assert (pipeline_checkpoint(str(tmp_path), "run-7", "resnet50", "frozen", 3, "linear")
-            == tmp_path / "run-7" / "resnet50-frozen-linear-seed3")
-    temporary = pipeline_checkpoint("", "run-7", "VGG16", "finetune", 42)
-    assert temporary.parts[-2:] == ("run-7", "vgg16-finetune-seed42") and not temporary.is_relative_to(tmp_path)
+    assert (pipeline_checkpoint(str(tmp_path), "run-7", "resnet50", "frozen", 1e-3, 3)
+            == tmp_path / "run-7" / "resnet50-frozen-lr0.001-seed3")
+    # Two candidates of one row never share a checkpoint.
+    assert (pipeline_checkpoint(str(tmp_path), "run-7", "resnet50", "frozen", 1e-4, 3)
+            != pipeline_checkpoint(str(tmp_path), "run-7", "resnet50", "frozen", 1e-3, 3))
+    temporary = pipeline_checkpoint("", "run-7", "VGG16", "finetune", 1e-5, 42)
+    assert temporary.parts[-2:] == ("run-7", "vgg16-finetune-lr1e-05-seed42") and not temporary.is_relative_to(tmp_path)
+    assert (pipeline_checkpoint(str(tmp_path), "run-7", "resnet50", "frozen", 1e-3, 3, "linear")
+            == tmp_path / "run-7" / "resnet50-frozen-linear-lr0.001-seed3")
     # Feature caches outlive a run: a later run on the same data reuses them.
     assert pipeline_features(str(tmp_path)) == tmp_path / "features" and pipeline_features("") is None
 

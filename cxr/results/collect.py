@@ -1,15 +1,17 @@
 """The results a report compares: result folders read through their checked loaders, grouped into contenders
-(one backbone in one regime with one head over its seeds), plus the ensemble of all of them.
+(one backbone in one regime with one head at its chosen learning rate, over its seeds), plus the ensemble of all of
+them.
 
-A result folder is what `cxr evaluate` wrote for one backbone, regime, head and seed, or a folder holding only
-failure.json for one that did not finish. A folder holding both failure.json and a complete evaluation (a rerun
-that succeeded after a failure, or a failure recorded later beside a finished result) is reported as the result it
-holds, and the report says so: the finished evaluation is the newer fact, and dropping it silently would lose it.
+A result folder is what `cxr evaluate` wrote for one backbone, regime, head, learning rate and seed, or a folder
+holding only failure.json for one that did not finish. A folder holding both failure.json and a complete evaluation
+(a rerun that succeeded after a failure, or a failure recorded later beside a finished result) is reported as the
+result it holds, and the report says so: the finished evaluation is the newer fact, and dropping it silently would
+lose it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from cxr.failures import Failure
 from cxr.outputs import unfinished
 from cxr.results import compare
 from cxr.results.metrics import json_safe, summarize
+from cxr.training.plan import fitted_without_learning_rate, row_key
 
 ENSEMBLE = "Ensemble"
 
@@ -34,13 +37,20 @@ def label(backbone: str, regime: str, head: str = settings.DEFAULT_HEAD) -> str:
     return f"{backbone} · {regime}" + ("" if head == settings.DEFAULT_HEAD else f" · {head}")
 
 
+def row_label(key: tuple) -> str:
+    """How the report names the row of `key` (cxr.training.plan.row_key): the results of one row differ only in
+    the learning rate (its candidates, cxr.results.tuning) and the seed."""
+    return label(*key)
+
+
 @dataclass(frozen=True)
 class Result:
-    """One backbone trained in one regime with one head and one seed and evaluated: the folder `cxr evaluate`
-    wrote."""
+    """One backbone trained in one regime with one head at one learning rate with one seed and evaluated: the
+    folder `cxr evaluate` wrote. Its fields of cxr.training.plan.ROW name its leaderboard row."""
     backbone: str
     regime: str
     head: str
+    learning_rate: float
     seed: int
     folder: Path
     training: dict  # train_metrics.json
@@ -58,14 +68,23 @@ class Result:
 
 @dataclass(frozen=True)
 class Contender:
-    """One leaderboard row: a backbone in one regime with one head over its seeds, or the ensemble of every other
-    row."""
+    """One leaderboard row: a backbone in one regime with one head at its chosen learning rate over its seeds, or the
+    ensemble of every other row."""
     backbone: str
     regime: str  # for the ensemble: the regimes of its members, joined by " + "
     head: str  # for the ensemble: the heads of its members, joined by " + "
     runs: tuple[Result, ...]  # one per seed, by seed; none for the ensemble
     test: np.ndarray  # P(pneumonia), one row per seed, on the common test films
     metrics: dict | None = None  # the ensemble's metrics (a backbone's are per run)
+    candidates: int | None = None  # how many learning rates the row chose among; none for the ensemble
+
+    @property
+    def learning_rate(self) -> float | None:
+        """The row's (chosen) learning rate; None for the ensemble and for a probe fitted by scikit-learn, which has
+        none."""
+        if not self.runs or fitted_without_learning_rate(self.regime, self.head):
+            return None
+        return self.runs[0].learning_rate
 
     @property
     def name(self) -> str:
@@ -106,11 +125,12 @@ def gather(result_dirs: Sequence[Path]) -> tuple[list[Result], list[Failure], li
         if failure is not None:
             notes.append(f"{folder} holds {files.FAILURE} ({failure.line()}) beside a complete evaluation: the "
                          "evaluation is reported")
-    return sorted(results, key=lambda r: (r.backbone, r.regime, r.head, r.seed)), missing, notes
+    return sorted(results, key=lambda r: (*row_key(r), r.learning_rate, r.seed)), missing, notes
 
 
 def load_result(folder: Path) -> Result:
-    """One evaluated backbone, regime, head and seed, from the folder `cxr evaluate` wrote; every file checked."""
+    """One evaluated backbone, regime, head, learning rate and seed, from the folder `cxr evaluate` wrote; every
+    file checked."""
     folder = Path(folder)
     for name in RESULT_FILES:
         if not (folder / name).is_file():
@@ -122,21 +142,21 @@ def load_result(folder: Path) -> Result:
         if metrics[name] != training["settings"][name]:
             raise UserError(f"{folder / files.METRICS} says {name} {metrics[name]}, {folder / files.TRAIN_METRICS}"
                             f" {training['settings'][name]}: evaluate the training again into a new folder")
-    return Result(metrics["backbone"], metrics["regime"], metrics["head"], int(training["settings"]["seed"]), folder,
-                  training,
+    return Result(metrics["backbone"], metrics["regime"], metrics["head"], float(training["settings"]["learning_rate"]),
+                  int(training["settings"]["seed"]), folder, training,
                   artifacts.read_history(folder / files.HISTORY), metrics,
                   artifacts.read_predictions(folder / files.PREDICTIONS),
                   artifacts.read_val_predictions(folder / files.VAL_PREDICTIONS))
 
 
 def refuse_duplicates(results: Sequence[Result]) -> None:
-    """One result per backbone, regime, head and seed: two would count one training twice."""
-    seen: dict[tuple[str, str, str, int], Path] = {}
+    """One result per row, learning rate and seed: two would count one training twice."""
+    seen: dict[tuple, Path] = {}
     for result in results:
-        key = (result.backbone, result.regime, result.head, result.seed)
+        key = (*row_key(result), result.learning_rate, result.seed)
         if key in seen:
-            raise UserError(f"two result folders hold the same backbone and seed ({label(*key[:3])}, "
-                            f"seed {result.seed}): {seen[key]} and {result.folder}")
+            raise UserError(f"two result folders hold the same training ({row_label(row_key(result))}, learning "
+                            f"rate {result.learning_rate:g}, seed {result.seed}): {seen[key]} and {result.folder}")
         seen[key] = result.folder
 
 
@@ -149,19 +169,22 @@ def _head_order(head: str) -> int:
 
 
 def contenders(results: Sequence[Result], samples: int = settings.BOOTSTRAP_SAMPLES,
-               ) -> tuple[pd.DataFrame, list[Contender]]:
-    """The common test films and one Contender per backbone, regime and head (its seeds), plus the ensemble when two
-    or more finished: the mean P(pneumonia) of the contenders (each seed-averaged), evaluated as a backbone is,
-    its threshold chosen on the validation films."""
+               candidates: Mapping[tuple, int] | None = None) -> tuple[pd.DataFrame, list[Contender]]:
+    """The common test films and one Contender per row, backbone, regime and head (its seeds; `results` holds one
+    learning rate per row, the chosen one, and `candidates` how many each row chose among, by row_key), plus the
+    ensemble when two or more finished: the mean P(pneumonia) of the contenders (each seed-averaged), evaluated as
+    a backbone is, its threshold chosen on the validation films."""
+    candidates = candidates or {}
     test_films, test = compare.align_predictions([r.test for r in results],
                                                  [str(r.folder / files.PREDICTIONS) for r in results])
     val_films, val = compare.align_predictions([r.val for r in results],
                                                [str(r.folder / files.VAL_PREDICTIONS) for r in results])
     rows, val_of = [], []
-    for backbone, regime, head in sorted({(r.backbone, r.regime, r.head) for r in results},
-                                         key=lambda key: (key[0], _regime_order(key[1]), _head_order(key[2]))):
-        members = [i for i, r in enumerate(results) if (r.backbone, r.regime, r.head) == (backbone, regime, head)]
-        rows.append(Contender(backbone, regime, head, tuple(results[i] for i in members), test[members]))
+    for key in sorted({row_key(r) for r in results},
+                      key=lambda key: (key[0], _regime_order(key[1]), _head_order(key[2]))):
+        members = [i for i, r in enumerate(results) if row_key(r) == key]
+        rows.append(Contender(*key, tuple(results[i] for i in members), test[members],
+                              candidates=candidates.get(key)))
         val_of.append(val[members].mean(axis=0))
     if len(rows) > 1:
         ensemble_test = np.mean([c.probabilities for c in rows], axis=0)

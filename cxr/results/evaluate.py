@@ -133,7 +133,8 @@ def evaluate_or_record_failure(data_dir: Path, model_dir: Path, out: Path,
             failure = Failure(trained.get("backbone", "unknown"), trained.get("settings", {}).get("seed", -1),
                               "evaluate", f"{type(error).__name__}: {error}".splitlines()[0],
                               trained.get("settings", {}).get("regime", settings.DEFAULT_REGIME),
-                              trained.get("settings", {}).get("head", settings.DEFAULT_HEAD))
+                              trained.get("settings", {}).get("head", settings.DEFAULT_HEAD),
+                              trained.get("settings", {}).get("learning_rate"))
     write_failure(out, failure)
     return failure
 

@@ -1,5 +1,6 @@
-"""The leaderboard: one row per contender (backbone, regime and head over its seeds, or the ensemble), sorted by test
-ROC AUC, each compared with the best one by a paired test; and the compact view of it that leads the report.
+"""The leaderboard: one row per contender (backbone, regime and head at its chosen learning rate over its seeds, or
+the ensemble), sorted by test ROC AUC, each compared with the best one by a paired test; and the compact view of it
+that leads the report.
 """
 
 from __future__ import annotations
@@ -17,18 +18,20 @@ from cxr.results.metrics import patient_bootstrap, roc_auc, threshold_metrics
 
 # The metrics whose spread over seeds the leaderboard shows (column <metric>_std).
 SEED_SPREAD = ("test_accuracy", "sensitivity", "specificity", "roc_auc", "brier", "ece")
-COLUMNS = ["backbone", "regime", "head", "seeds", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-           "test_loss", "test_accuracy", "test_accuracy_std", "sensitivity", "sensitivity_std", "specificity",
-           "specificity_std", "roc_auc", "roc_auc_std", "roc_auc_ci95", "auc_diff_vs_best", "auc_diff_ci95_low",
-           "auc_diff_ci95_high", "delong_p_vs_best", "vs_best", "brier", "brier_std", "brier_ci95", "ece", "ece_std",
-           "ece_ci95", "val_threshold", "sensitivity_at_val_threshold", "sensitivity_at_val_threshold_ci95",
+COLUMNS = ["backbone", "regime", "head", "learning_rate", "candidates", "seeds", "train_loss", "train_accuracy",
+           "val_loss", "val_accuracy", "test_loss", "test_accuracy", "test_accuracy_std", "sensitivity",
+           "sensitivity_std", "specificity", "specificity_std", "roc_auc", "roc_auc_std", "roc_auc_ci95",
+           "auc_diff_vs_best", "auc_diff_ci95_low", "auc_diff_ci95_high", "delong_p_vs_best", "vs_best", "brier",
+           "brier_std", "brier_ci95", "ece", "ece_std", "ece_ci95", "val_threshold", "sensitivity_at_val_threshold",
+           "sensitivity_at_val_threshold_ci95",
            "specificity_at_val_threshold", "specificity_at_val_threshold_ci95", "learning_time",
            "learning_seconds", "epochs"]
 # The columns that count something: whole numbers, shown without decimals (epochs is a mean over seeds).
-COUNTS = ("seeds", "epochs")
+COUNTS = ("candidates", "seeds", "epochs")
 # The compact table that leads the report (it fits a 1,300 px window): its headings and the full table's columns
 # each is made of (a value and, where there is one, its interval).
 COMPACT = {"backbone": ("backbone", None), "regime": ("regime", None), "head": ("head", None),
+           "learning rate": ("learning_rate", None),
            "ROC AUC (95 % CI)": ("roc_auc", "roc_auc_ci95"),
            "sensitivity at val. threshold": ("sensitivity_at_val_threshold", "sensitivity_at_val_threshold_ci95"),
            "specificity at val. threshold": ("specificity_at_val_threshold", "specificity_at_val_threshold_ci95"),
@@ -118,6 +121,7 @@ def contender_row(films: pd.DataFrame, contender: Contender, samples: int = sett
         learning_time = ""
     intervals = seed_mean_intervals(films, contender, samples)
     row = {"backbone": contender.backbone, "regime": contender.regime, "head": contender.head,
+           "learning_rate": contender.learning_rate, "candidates": contender.candidates,
            "seeds": len(contender.runs) or pd.NA,
            **per_seed.mean().to_dict(),
            **{f"{name}_std": per_seed[name].std(ddof=1) if len(per_seed) > 1 else float("nan")
@@ -155,7 +159,8 @@ def leaderboard(films: pd.DataFrame, rows: Sequence[Contender], samples: int = s
                 ) -> pd.DataFrame:
     """One row per contender, sorted by test ROC AUC (best first), compared with the best."""
     table = pd.DataFrame([contender_row(films, contender, samples) for contender in rows], columns=COLUMNS)
-    table["seeds"] = table["seeds"].astype("Int64")
+    table[["seeds", "candidates"]] = table[["seeds", "candidates"]].astype("Int64")
+    table["learning_rate"] = table["learning_rate"].astype(float)  # the ensemble's None: NaN
     table["vs_best"] = table["vs_best"].astype(object)
     table = table.sort_values("roc_auc", ascending=False, kind="stable").reset_index(drop=True)
     return compare_with_best(films, table, {contender.name: contender for contender in rows}, samples)
@@ -195,11 +200,22 @@ def count_cell(value) -> str:
     return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
 
 
+def rate(value) -> str:
+    """A learning rate as text (1e-05, 0.001); nothing for a row without one (the ensemble, a fitted probe)."""
+    return "" if value is None or pd.isna(value) else f"{value:g}"
+
+
 def cells(table: pd.DataFrame, decimals: int = 4) -> pd.DataFrame:
-    """Every cell of a leaderboard (or of some of its columns) as text: counts as whole numbers, other numbers
-    with `decimals` decimals, undefined values empty."""
-    return table.apply(lambda column: column.map(count_cell if column.name in COUNTS
-                                                 else lambda value: cell(value, decimals)))
+    """Every cell of a leaderboard (or of some of its columns) as text: counts as whole numbers, learning rates as
+    rate writes them, other numbers with `decimals` decimals, undefined values empty."""
+    def as_text(column: pd.Series) -> pd.Series:
+        if column.name in COUNTS:
+            return column.map(count_cell)
+        if column.name == "learning_rate":
+            return column.map(rate)
+        return column.map(lambda value: cell(value, decimals))
+
+    return table.apply(as_text)
 
 
 def _with_interval(value, interval) -> str:
@@ -209,9 +225,9 @@ def _with_interval(value, interval) -> str:
 
 
 def compact(table: pd.DataFrame) -> pd.DataFrame:
-    """The leading table, every cell text: backbone, regime, ROC AUC, sensitivity and specificity at the
-    validation threshold with their 95 % intervals, vs_best, Brier and learning time (a frozen row's marked:
-    it includes the feature extraction)."""
+    """The leading table, every cell text: backbone, regime, the chosen learning rate, ROC AUC, sensitivity and
+    specificity at the validation threshold with their 95 % intervals, vs_best, Brier and learning time (a frozen
+    row's marked: it includes the feature extraction)."""
     rows = []
     for _, row in table.iterrows():
         cells = {}
@@ -221,6 +237,8 @@ def compact(table: pd.DataFrame) -> pd.DataFrame:
                 cells[heading] = _with_interval(value, row[interval])
             elif column == "brier":
                 cells[heading] = "" if pd.isna(value) else f"{value:.3f}"
+            elif column == "learning_rate":
+                cells[heading] = rate(value)
             else:
                 cells[heading] = cell(value)
         if row["regime"] == "frozen" and cells["learning time"]:

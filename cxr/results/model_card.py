@@ -51,7 +51,8 @@ def model_card_html(stats: Mapping, leaderboard: Sequence[Mapping], metrics: Map
     """The model card as an HTML section.
 
     stats: the data's stats.json (its splits, and what the data is: data_origin); leaderboard: the report's rows
-    (dicts with at least `backbone`, the row's name, and `roc_auc`; `regime` where known); metrics: row name ->
+    (dicts with at least `backbone`, the row's name, and `roc_auc`; `regime`, `learning_rate` (the chosen one)
+    and `candidates` (how many it was chosen among) where known); metrics: row name ->
     its metrics.json (intervals and thresholds); explanations: the explain.json summaries made; chosen: the row
     the card is for (default the leaderboard's first); manifest: the data's manifest.csv, for patients per split
     (else only test patients).
@@ -65,6 +66,7 @@ def model_card_html(stats: Mapping, leaderboard: Sequence[Mapping], metrics: Map
     origin, source = data_origin(stats)
     return model_card_section(
         chosen=chosen, backbone=card.get("backbone", chosen), regime=row.get("regime", card.get("regime")),
+        learning_rate=row.get("learning_rate"), candidates=row.get("candidates"),
         threshold=threshold, image_size=stats.get("settings", {}).get("image_size", "n/a"), origin=origin,
         source=source, fingerprint=(stats.get("dataset") or {}).get("fingerprint"),
         split_mode=stats.get("settings", {}).get("split", settings.SPLIT_MODE),

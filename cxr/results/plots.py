@@ -1,5 +1,6 @@
 """Every figure of the study, drawn with matplotlib (no display: Agg): the seed's loss/accuracy and
-accuracy-vs-learning-time graphs, ROC curves, confusion matrices, the reliability diagram, and the Grad-CAM panels.
+accuracy-vs-learning-time graphs, ROC curves, confusion matrices, the reliability diagram, the learning-rate
+search, and the Grad-CAM panels.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cxr import settings  # noqa: E402
 from cxr.results import calibration  # noqa: E402
-from cxr.results.collect import Contender, Result  # noqa: E402
+from cxr.results.collect import Contender, Result, row_label  # noqa: E402
 from cxr.results.metrics import confusion_matrix, roc_auc, roc_curve  # noqa: E402
+from cxr.training.plan import ROW  # noqa: E402
 
 SPLIT_MARKERS = {"train": "o", "validation": "s", "test": "^"}
 
@@ -86,6 +88,25 @@ def accuracy_vs_time(rows: Sequence[Contender], path: Path) -> None:
     axis.add_artist(axis.legend(handles=contenders, fontsize="small", title="model", loc="upper left",
                                 bbox_to_anchor=(1.02, 1)))
     axis.legend(handles=handles, fontsize="small", loc="lower left", bbox_to_anchor=(1.02, 0))
+    _save(figure, path)
+
+
+def tuning(table: pd.DataFrame, path: Path) -> None:
+    """Validation ROC AUC (the mean over seeds) against the learning rate, one line per leaderboard row, the chosen
+    candidate circled; `table` is cxr.results.tuning.candidates()."""
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for index, (key, candidates) in enumerate(table.groupby(list(ROW), sort=True)):
+        colour = f"C{index}"
+        axis.plot(candidates["learning_rate"], candidates["val_roc_auc"], "o-", color=colour, label=row_label(key))
+        chosen = candidates[candidates["chosen"]]
+        axis.scatter(chosen["learning_rate"], chosen["val_roc_auc"], s=220, facecolors="none", edgecolors=colour,
+                     linewidths=2)
+    axis.scatter([], [], s=220, facecolors="none", edgecolors="black", linewidths=2, label="chosen (on validation)")
+    axis.set_xscale("log")
+    axis.set(xlabel="learning rate", ylabel="validation ROC AUC (mean over seeds)",
+             title="Learning rate search: each row's candidates")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="small")
     _save(figure, path)
 
 

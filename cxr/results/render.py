@@ -48,28 +48,32 @@ def embedded(path: Path) -> Figure:
     return Figure(path.stem, base64.b64encode(path.read_bytes()).decode())
 
 
-def report_html(*, summary: str, missing: Sequence[str], notes: Sequence[str], compact: pd.DataFrame,
-                full: pd.DataFrame, footnote: bool, mark: str, figures: Sequence[Path], sections: Sequence[str],
-                seed_accuracy: Mapping[str, float], ensemble: str, significance: float, bins: int) -> str:
-    """The whole report.html. compact and full: the leaderboard's tables, every cell already text; notes: lines
-    on what the results are (their data, a failure record beside a result); sections: HTML rendered by this module
-    (where each backbone looks, the model card)."""
-    return _render("report.html.j2", summary=summary, missing=list(missing), notes=list(notes), compact=compact,
-                   full=full,
+def report_html(*, summary: str, missing: Sequence[str], notes: Sequence[str], budget: str | None,
+                compact: pd.DataFrame, full: pd.DataFrame, tuning: pd.DataFrame, footnote: bool, mark: str,
+                figures: Sequence[Path], sections: Sequence[str], seed_accuracy: Mapping[str, float], ensemble: str,
+                significance: float, bins: int) -> str:
+    """The whole report.html. compact and full: the leaderboard's tables, tuning: the learning-rate candidates,
+    every cell already text; notes: lines on what the results are (their data, a failure record beside a result);
+    budget: the sentence on the search's budget; sections: HTML rendered by this module (where each backbone
+    looks, the model card)."""
+    return _render("report.html.j2", summary=summary, missing=list(missing), notes=list(notes), budget=budget,
+                   compact=compact, full=full, tuning=tuning,
                    footnote=footnote, mark=mark, figures=[embedded(p) for p in figures],
                    sections=[Markup(s) for s in sections], seed_accuracy=seed_accuracy, ensemble=ensemble,
                    significance=significance, bins=bins)
 
 
-def leaderboard_markdown(*, summary: str, missing: Sequence[str], notes: Sequence[str], compact: pd.DataFrame,
-                         full: pd.DataFrame, footnote: bool, mark: str) -> str:
-    """leaderboard.md: the compact table, what it says, the notes, and every column below it."""
+def leaderboard_markdown(*, summary: str, missing: Sequence[str], notes: Sequence[str], budget: str | None,
+                         compact: pd.DataFrame, full: pd.DataFrame, tuning: pd.DataFrame, footnote: bool,
+                         mark: str) -> str:
+    """leaderboard.md: the compact table, what it says, the notes, the learning-rate candidates and every column
+    below it."""
     def markdown(table: pd.DataFrame) -> str:
         return table.to_markdown(index=False, tablefmt="pipe", disable_numparse=True) if not table.empty else ""
 
-    return _render("leaderboard.md.j2", summary=summary, missing=list(missing), notes=list(notes),
-                   compact=markdown(compact),
-                   full=markdown(full), footnote=footnote, mark=mark)
+    return _render("leaderboard.md.j2", summary=summary, missing=list(missing), notes=list(notes), budget=budget,
+                   compact=markdown(compact), full=markdown(full), tuning=markdown(tuning), footnote=footnote,
+                   mark=mark)
 
 
 def explanations_section(summaries: Sequence[Mapping], comparison: Path | None, panels: Sequence[Path]) -> str:

@@ -259,15 +259,13 @@ def export_best(candidates: Sequence[tuple[Path, Path]], out: Path) -> tuple[str
 
 
 def export_best_of(model_dirs: Sequence[Path], result_dirs: Sequence[Path], out: Path) -> str | None:
-    """The pipeline's export: pair each finished result with its model by backbone, regime, head and seed (one
-    backbone may be trained in both regimes and with several heads), export the best (on validation) to `out` and
+    """The pipeline's export: pair each finished result with its model by training (one backbone may be trained in
+    both regimes, with several heads and at several learning rates), export the best (on validation) to `out` and
     return its backbone; None when no training finished."""
-    def key(folder: Path) -> tuple[str, str, str, int] | None:
+    def key(folder: Path) -> str | None:
         if artifacts.read_failure(folder) is not None or not (Path(folder) / files.TRAIN_METRICS).is_file():
             return None
-        trained = artifacts.read_train_metrics(Path(folder) / files.TRAIN_METRICS)
-        options = trained["settings"]
-        return trained["backbone"], options["regime"], options["head"], int(options["seed"])
+        return provenance.training_id(folder)
 
     models = {key(d): Path(d) for d in model_dirs if key(d) is not None}
     pairs = [(models[key(r)], Path(r)) for r in result_dirs if key(r) is not None and key(r) in models]

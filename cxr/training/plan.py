@@ -60,7 +60,7 @@ class TrainSettings:
     backbone: str = option(MISSING, f"one of {', '.join(settings.ALL_BACKBONES)}, in any letter case", scope=PER_RUN)
     epochs: int = option(settings.EPOCHS, "epochs at most (early stopping may end sooner)")
     batch_size: int = option(settings.BATCH_SIZE, "films per training step")
-    learning_rate: float = option(settings.LEARNING_RATE, "Adam's learning rate", flag="--lr")
+    learning_rate: float = option(settings.LEARNING_RATE, "Adam's learning rate", flag="--lr", scope=PER_RUN)
     dense_units: int = option(settings.DENSE_UNITS, "units of the head's hidden Dense layer")
     dropout: float = option(settings.DROPOUT, "dropout before the output layer")
     image_size: int = option(settings.IMAGE_SIZE, "input size in pixels; 0 = the backbone's native size")
@@ -118,6 +118,22 @@ class TrainSettings:
         check_weights(self.weights)
 
 
+# The per-run options that name a leaderboard row: every one but the learning rate, which a row searches (its
+# candidates, chosen on validation), and the seed, which repeats a candidate. A new axis of the study declared here
+# as a per-run option becomes part of the row key of the report and the provenance checks.
+ROW = tuple(option.name for option in TrainSettings.options(PER_RUN) if option.name not in ("learning_rate", "seed"))
+
+
+def row_key(run) -> tuple:
+    """The leaderboard row a training or result (anything with the ROW attributes) belongs to."""
+    return tuple(getattr(run, name) for name in ROW)
+
+
+def row_name(key: tuple) -> str:
+    """A row as the report names it: `ResNet50 · frozen`."""
+    return " · ".join(str(value) for value in key)
+
+
 def check_weights(weights: str) -> None:
     """Refuse, before any work, a --weights that names no usable file: a missing path, or a whole saved model
     (.keras), whose layers are not a backbone's and would be refused only after Keras printed every mismatch."""
@@ -147,12 +163,36 @@ def _canonical_list(name: str, values: list, valid: tuple[str, ...]) -> list[str
     return canonical
 
 
+def check_learning_rates(rates: list) -> list[float]:
+    """The learning rates of a search as floats, refused in one line when the list is empty or a rate is repeated,
+    not a number, not positive or not finite: a typo costs seconds, not an ingest."""
+    if not rates:
+        raise UserError("learning_rates: the list is empty")
+    for rate in rates:
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate < math.inf:
+            raise UserError(f"learning_rates: {rate!r} is not a positive finite number")
+        if rates.count(rate) > 1:
+            raise UserError(f"learning_rates: {rate:g} is listed more than once in {list(rates)}")
+    return [float(rate) for rate in rates]
+
+
+def fitted_without_learning_rate(regime: str, head: str) -> bool:
+    """Whether scikit-learn fits the head (a probe on the frozen regime's features), which chooses its own setting
+    on validation: such a training has no learning rate to search."""
+    return regime == "frozen" and head != settings.DEFAULT_HEAD
+
+
 def plan_runs(names: list[str], seeds: list[int], regimes: list[str] = settings.PIPELINE_REGIMES,
-              heads: list[str] = settings.PIPELINE_HEADS) -> list[dict]:
-    """One training per backbone, regime, head and seed, {"backbone": canonical name, "regime": str, "head": str,
-    "seed": int}, checked before any work: an unknown name, regime or head, a backbone listed twice (in any letter
-    case: both would share one checkpoint), a repeated regime, head or seed is refused with one line. A frozen-only
-    head (knn) is planned in the frozen regime alone; a plan left empty by that is refused."""
+              heads: list[str] = settings.PIPELINE_HEADS,
+              learning_rates: list[float] = settings.LEARNING_RATES) -> list[dict]:
+    """One training per backbone, regime, head, learning rate and seed, {"backbone": canonical name, "regime": str,
+    "head": str, "learning_rate": float, "seed": int}: every backbone, regime and head gets the same learning rates
+    and seeds, an equal tuning budget by construction. A probe fitted by scikit-learn (fitted_without_learning_rate)
+    has no rate to search: it is planned once per seed, at the list's first rate, which it does not use. A
+    frozen-only head (knn) is planned in the frozen regime alone; a plan left empty by that is refused. Checked
+    before any work: an unknown name, regime or head, a backbone listed twice (in any letter case: both would share
+    one checkpoint), a repeated regime, head or seed, a bad learning rate (check_learning_rates) is refused with one
+    line."""
     if not names:
         raise UserError("backbones: the list is empty")
     if not seeds:
@@ -174,18 +214,20 @@ def plan_runs(names: list[str], seeds: list[int], regimes: list[str] = settings.
              if regime == "frozen" or head not in settings.FROZEN_ONLY_HEADS]
     if not pairs:
         raise UserError(f"heads: {', '.join(heads)} train only in the frozen regime; add frozen to regimes")
-    return [{"backbone": name, "regime": regime, "head": head, "seed": seed}
-            for name in canonical for regime, head in pairs for seed in seeds]
+    rates = check_learning_rates(learning_rates)
+    return [{"backbone": name, "regime": regime, "head": head, "learning_rate": rate, "seed": seed}
+            for name in canonical for regime, head in pairs
+            for rate in (rates[:1] if fitted_without_learning_rate(regime, head) else rates) for seed in seeds]
 
 
-def pipeline_checkpoint(root: str, run_id: str, backbone: str, regime: str, seed: int,
+def pipeline_checkpoint(root: str, run_id: str, backbone: str, regime: str, learning_rate: float, seed: int,
                         head: str = settings.DEFAULT_HEAD) -> Path:
-    """Where a pipeline's train task keeps its checkpoint: per run, backbone, regime, head and seed under `root` (a
-    volume that outlives the pod, so a retried task finds it), or in a fresh temporary folder when `root` is empty,
-    which keeps checkpoints out of the uploaded model artifact."""
+    """Where a pipeline's train task keeps its checkpoint: per run, backbone, regime, head, learning rate and seed
+    under `root` (a volume that outlives the pod, so a retried task finds it), or in a fresh temporary folder when
+    `root` is empty, which keeps checkpoints out of the uploaded model artifact."""
     base = Path(root) if root else Path(tempfile.mkdtemp(prefix="checkpoint-"))
     variant = regime if head == settings.DEFAULT_HEAD else f"{regime}-{head}"  # the seed's head: names as before
-    return base / run_id / f"{canonical_backbone(backbone).lower()}-{variant}-seed{seed}"
+    return base / run_id / f"{canonical_backbone(backbone).lower()}-{variant}-lr{learning_rate:g}-seed{seed}"
 
 
 def pipeline_features(root: str) -> Path | None:

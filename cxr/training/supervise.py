@@ -67,7 +67,7 @@ def train_supervised(data_dir: Path, out: Path, options: TrainSettings, checkpoi
     outcome = _supervise(data_dir, out, options, checkpoint, device, attempts, features)
     if outcome.failure:
         write_failure(out, Failure(options.backbone, options.seed, "train", outcome.failure, options.regime,
-                                   options.head))
+                                   options.head, options.learning_rate))
     return outcome
 
 

@@ -29,7 +29,7 @@ from cxr.serving.trained import write_preprocessing
 from cxr.training.backbones import get_backbone, input_size
 from cxr.training.features import FeatureCache, FeatureKey, dataset_fingerprint, open_cache, weights_id
 from cxr.training.model import build_model
-from cxr.training.plan import TrainSettings
+from cxr.training.plan import TrainSettings, fitted_without_learning_rate
 from cxr.training.weights import weights_source
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
@@ -356,7 +356,7 @@ def _fit(run: Run) -> tuple[keras.Model, dict, pd.DataFrame | None]:
     keras.utils.set_random_seed(options.seed)
 
     probe = None
-    if options.head != settings.DEFAULT_HEAD and options.regime == "frozen":
+    if fitted_without_learning_rate(options.regime, options.head):
         model, state, cache, predictions, probe = _fit_probe(run, xla)
     else:  # the seed's head, or a linear head trained end to end with the backbone (MedMNIST+'s protocol)
         model, state, cache, predictions = _fit_trainee(run, xla)
