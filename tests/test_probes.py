@@ -165,13 +165,19 @@ def test_a_probes_saved_model_takes_raw_films_and_predict_equals_evaluate(probes
     np.testing.assert_allclose(predicted["probability"], evaluated["probability"], atol=1e-4, rtol=0)
 
 
-# The linear probe's Grad-CAM and export take the seed head's path (a Dense kernel); kNN's layer is the new one.
+# The linear probe's Grad-CAM takes the seed head's path (a Dense kernel); kNN's layer is the new one.
 @pytest.mark.parametrize("head", [pytest.param("linear", marks=pytest.mark.slow), "knn"])
-def test_a_probe_is_explained_and_exported(probes, processed_dataset, head, tmp_path):
+def test_a_probe_is_explained(probes, processed_dataset, head, tmp_path):
     root = probes[0]
     assert main(["explain", "--data", str(processed_dataset), "--model", str(root / head), "--result",
                  str(root / f"{head}-result"), "--out", str(tmp_path / "explained"), "--films", "2"]) == 0
     assert any((tmp_path / "explained").iterdir())
+
+
+@pytest.mark.slow  # the SavedModel is built from the model predict already loads: a repeat, and 15 s or more
+@pytest.mark.parametrize("head", ["linear", "knn"])
+def test_a_probe_is_exported(probes, head, tmp_path):
+    root = probes[0]
     assert main(["export", "--model", str(root / head), "--result", str(root / f"{head}-result"), "--out",
                  str(tmp_path / "exported")]) == 0
     assert (tmp_path / "exported" / "1").is_dir()
