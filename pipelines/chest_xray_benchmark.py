@@ -65,7 +65,7 @@ def with_kaggle_credentials(task: dsl.PipelineTask) -> None:
 
 
 @dsl.pipeline(name=settings.PIPELINE_NAME,
-              description="Five ImageNet CNNs on chest X-rays (pneumonia), trained in parallel and compared with "
+              description="Image classifiers on chest X-rays (pneumonia), trained in parallel and compared with "
                           "patient-level splits, sensitivity, specificity and ROC AUC.")
 def chest_xray_benchmark(
     source: str = "kaggle",
