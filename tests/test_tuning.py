@@ -140,7 +140,7 @@ def test_the_pipeline_exports_only_among_the_ranked_trainings(searched):
 
 
 def test_ties_go_to_the_smaller_rate_and_an_undefined_auc_is_never_chosen():
-    table = pd.DataFrame({"backbone": ["A", "A", "A", "B", "B"], "regime": ["frozen"] * 5,
+    table = pd.DataFrame({"backbone": ["A", "A", "A", "B", "B"], "regime": ["frozen"] * 5, "head": ["seed"] * 5,
                           "learning_rate": [1e-2, 1e-3, 1e-4, 1e-3, 1e-4],
                           "val_roc_auc": [0.9, 0.9, 0.8, float("nan"), 0.5]})
     assert tuning.choose(table).tolist() == [False, True, False, False, True]
@@ -180,6 +180,6 @@ def test_cxr_report_refuses_results_of_one_row_that_differ_in_more_than_rate_and
 def test_a_failed_candidate_is_named_with_its_learning_rate(tmp_path):
     from cxr.failures import Failure, write_failure
 
-    write_failure(tmp_path, Failure("VGG16", 7, "train", "killed", "frozen", 1e-4))
+    write_failure(tmp_path, Failure("VGG16", 7, "train", "killed", "frozen", learning_rate=1e-4))
     assert (artifacts.read_failure(tmp_path).line()
             == "VGG16 · frozen (learning rate 0.0001, seed 7) failed in train: killed")

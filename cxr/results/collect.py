@@ -24,7 +24,7 @@ from cxr.failures import Failure
 from cxr.outputs import unfinished
 from cxr.results import compare
 from cxr.results.metrics import json_safe, summarize
-from cxr.training.plan import fitted_without_learning_rate, row_key
+from cxr.training.plan import fitted_without_learning_rate, row_key, row_name
 
 ENSEMBLE = "Ensemble"
 
@@ -32,9 +32,7 @@ ENSEMBLE = "Ensemble"
 def label(backbone: str, regime: str, head: str = settings.DEFAULT_HEAD) -> str:
     """How the report names a contender: `ResNet50 · frozen`, with its head when it is a probe
     (`ResNet50 · frozen · linear`); the ensemble by its name alone."""
-    if backbone == ENSEMBLE:
-        return backbone
-    return f"{backbone} · {regime}" + ("" if head == settings.DEFAULT_HEAD else f" · {head}")
+    return backbone if backbone == ENSEMBLE else row_name((backbone, regime, head))
 
 
 def row_label(key: tuple) -> str:

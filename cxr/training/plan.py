@@ -130,8 +130,10 @@ def row_key(run) -> tuple:
 
 
 def row_name(key: tuple) -> str:
-    """A row as the report names it: `ResNet50 · frozen`."""
-    return " · ".join(str(value) for value in key)
+    """A row as the report names it: `ResNet50 · frozen`, with its head when it is not the seed's
+    (`ResNet50 · frozen · linear`)."""
+    return " · ".join(str(value) for name, value in zip(ROW, key, strict=True)
+                      if not (name == "head" and value == settings.DEFAULT_HEAD))
 
 
 def check_weights(weights: str) -> None:
