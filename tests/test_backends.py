@@ -26,6 +26,7 @@ def run_python(code_or_args: list[str], backend: str, cwd: Path, **env) -> subpr
     return result
 
 
+@pytest.mark.slow  # 90 s on 2 cores; the default tier builds and compiles on both backends below
 @pytest.mark.timeout(600)  # three fresh processes, one training on JAX
 def test_a_model_trained_on_jax_evaluates_under_tensorflow_with_the_same_predictions(processed_dataset, tmp_path):
     run_python(["-m", "cxr.cli", "train", "--data", str(processed_dataset), "--backbone", "MobileNet",

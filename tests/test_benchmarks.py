@@ -50,6 +50,7 @@ def _assert_a_row_per_mode_and_the_projection(stdout: str, backbones: list[str])
                      stdout)
 
 
+@pytest.mark.slow  # the slow tier also runs all five backbones
 @pytest.mark.timeout(600)
 def test_gpu_throughput_smoke_on_one_backbone_prints_its_rows_and_the_projection_without_tensorflow():
     # VGG16: the quickest backbone to compile and to run uncompiled on JAX (fewest operations), a quarter faster

@@ -64,7 +64,10 @@ def test_every_backbone_builds_the_seed_head_and_trains_a_step(name):
 
 
 # The keras-hub backbones, at a tiny size: tests/test_hub_backbones.py.
-@pytest.mark.parametrize("name", [b.name for b in BACKBONES.values() if b.name not in settings.HUB_PRESETS])
+# MobileNet (scaled outside the model) and EfficientNetV2B0 (inside it) in the default tier, the others in the slow.
+@pytest.mark.parametrize("name", [pytest.param(b.name, marks=[] if b.name in ("MobileNet", "EfficientNetV2B0")
+                                               else [pytest.mark.slow])
+                                  for b in BACKBONES.values() if b.name not in settings.HUB_PRESETS])
 def test_output_stays_float32_under_mixed_precision(name, mixed_precision):
     backbone = get_backbone(name)
     model = build_model(backbone, backbone.min_size, weights="none")

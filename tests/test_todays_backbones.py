@@ -22,10 +22,10 @@ def test_the_four_are_todays():
     assert TODAYS == ["EfficientNetV2B0", "EfficientNetV2S", "ConvNeXtTiny", "DenseNet121"]
 
 
-# EfficientNetV2B0 in the default tier (the quickest of the four to compile, and it preprocesses inside the
-# model); the other three repeat its steps on their own graphs, 70-125 s each on 2 cores: the slow tier.
-@pytest.mark.parametrize("name", [pytest.param(name, marks=[] if name == "EfficientNetV2B0" else [pytest.mark.slow])
-                                  for name in TODAYS])
+# The slow tier: each repeats, on its own graph, the whole chain that tests/test_hub_backbones.py runs in the
+# default tier for a new backbone (50-125 s each on 2 cores).
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TODAYS)
 def test_trains_evaluates_explains_predicts_and_exports(name, processed_dataset, raw_dataset, tmp_path):
     import tensorflow as tf
 
