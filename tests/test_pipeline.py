@@ -320,30 +320,16 @@ def test_the_verdict_passes_a_complete_run_and_fails_a_partial_one(local_runner)
         verdict(missing="1 of 5 trainings failed: VGG16 (seed 42) failed in train: killed")
 
 
-def test_a_backbone_listed_twice_is_refused_before_ingest(local_runner, synthetic_archive, tmp_path):
+@pytest.mark.parametrize("bad", [
+    {"backbones": ["MobileNet", "mobilenet"]},  # listed twice, in another case
+    {"learning_rates": [1e-3, 1e-3]}, {"learning_rates": [0.0]}, {"learning_rates": []},
+    {"regimes": ["frozen", "linear"]}, {"regimes": ["frozen", "frozen"]},
+    {"heads": ["linear", "Linear"]}, {"heads": ["knn"]},  # knn alone in the fine-tuned regime: nothing to plan
+])
+def test_a_bad_list_parameter_is_refused_before_ingest(local_runner, synthetic_archive, tmp_path, bad):
     root = Path(local.config.LocalExecutionConfig.instance.pipeline_root)
     ingested_before = set(root.rglob("ingest.json"))
     with pytest.raises(RuntimeError):
-        chest_xray_benchmark(source=str(synthetic_archive), backbones=["MobileNet", "mobilenet"],
-                             device="cpu", checkpoint_root=str(tmp_path / "ckpt"))
-    assert set(root.rglob("ingest.json")) == ingested_before  # ingest never ran
-
-
-@pytest.mark.parametrize("rates", [[1e-3, 1e-3], [0.0], []])
-def test_a_bad_learning_rate_list_is_refused_before_ingest(local_runner, synthetic_archive, tmp_path, rates):
-    root = Path(local.config.LocalExecutionConfig.instance.pipeline_root)
-    ingested_before = set(root.rglob("ingest.json"))
-    with pytest.raises(RuntimeError):
-        chest_xray_benchmark(source=str(synthetic_archive), backbones=["MobileNet"], learning_rates=rates,
-                             device="cpu", checkpoint_root=str(tmp_path / "ckpt"))
-    assert set(root.rglob("ingest.json")) == ingested_before  # ingest never ran
-
-
-@pytest.mark.parametrize("regimes", [["frozen", "linear"], ["frozen", "frozen"]])
-def test_an_unknown_or_repeated_regime_is_refused_before_ingest(local_runner, synthetic_archive, tmp_path, regimes):
-    root = Path(local.config.LocalExecutionConfig.instance.pipeline_root)
-    ingested_before = set(root.rglob("ingest.json"))
-    with pytest.raises(RuntimeError):
-        chest_xray_benchmark(source=str(synthetic_archive), backbones=["MobileNet"], regimes=regimes,
-                             device="cpu", checkpoint_root=str(tmp_path / "ckpt"))
+        chest_xray_benchmark(source=str(synthetic_archive), **{"backbones": ["MobileNet"], **bad}, device="cpu",
+                             checkpoint_root=str(tmp_path / "ckpt"))
     assert set(root.rglob("ingest.json")) == ingested_before  # ingest never ran
