@@ -379,6 +379,20 @@ class _ModelServer(kserve.ModelServer):
         self.register_signal_handler()
         asyncio.run(self._serve())
 
+    def register_signal_handler(self) -> None:
+        """KServe's handlers stop a running server; a signal that arrives after they are set but before uvicorn
+        serves (and puts its own in their place) would be lost, and the process would serve on. Until uvicorn has
+        started, a signal stops it as during the model's loading: one line, exit 130."""
+        uvicorn_server = self._rest_server._server
+
+        def stop_or_interrupt(signum: int, frame) -> None:
+            if not uvicorn_server.started:
+                _interrupt(signum, frame)
+            self.stop(signum)
+
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+            signal.signal(signum, stop_or_interrupt)
+
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on host:port, or one line saying why not (a port in use, a host not on this
