@@ -26,8 +26,9 @@ $(VENV)/.installed: pyproject.toml
 # Test files run on TEST_WORKERS processes (pytest-xdist), a file's tests together in one, so that a module's shared
 # training is made once. Much of a test's time is single-threaded (Python, graph tracing, a subprocess importing
 # TensorFlow): on 2 cores, two workers run the default tier about 1.4x faster than one process (tests/README.md).
+# The slowest tests are listed at the end, so that a test that grew shows up where its cost is paid.
 TEST_WORKERS ?= 2
-PYTEST := $(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test: install ## the test suite without its slow tier (TensorFlow on tiny data, KFP local runner, GCS emulator)
 	$(PYTEST)

@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the real archive's 5,856 films")
     parser.add_argument("--backbones", default=",".join(settings.BACKBONES))
     parser.add_argument("--heads", default=",".join(settings.PIPELINE_HEADS), help=", ".join(settings.HEADS))
-    parser.add_argument("--finetune-films", type=int, default=128, help="training films of each fine-tune epoch")
+    parser.add_argument("--finetune-films", type=int, default=128, help="training films of each fine-tune epoch; 0 leaves the fine-tune projection out")
     parser.add_argument("--weights", default="none", help="none (no download) or imagenet")
     parser.add_argument("--keep", type=Path, help="a new folder to keep everything in (default: a temporary one)")
     args = parser.parse_args()
@@ -141,9 +141,11 @@ def main() -> None:
 
         # About --finetune-films training films: the split keeps ~90 % of train+val for training, 4 in 5 films
         # of a synthetic dataset are training films.
-        print("fine-tune epochs:")
-        small, _ = dataset(work, "finetune", per_class_for(round(args.finetune_films / 0.8)))
-        projected = finetune_projection(work, small, backbones, args.weights)
+        projected = {}
+        if args.finetune_films:
+            print("fine-tune epochs:")
+            small, _ = dataset(work, "finetune", per_class_for(round(args.finetune_films / 0.8)))
+            projected = finetune_projection(work, small, backbones, args.weights)
 
     print("\nsummary")
     print(f"  frozen study, ingest -> report:       {frozen_without_synth / 60:8.1f} min "
@@ -153,10 +155,12 @@ def main() -> None:
               "(linear in films; the fixed start-up costs make this an upper bound)")
     for backbone, seconds in projected.items():
         print(f"  fine-tune {backbone:<14} 30 epochs:  {seconds / 3600:8.1f} h (projected)")
-    finetune_total = sum(projected.values())
-    frozen_full = frozen_without_synth / args.scale
-    print(f"  fine-tune study, five backbones:      {finetune_total / 3600:8.1f} h (projected, training alone)")
-    print(f"  fine-tune / frozen:                   {finetune_total / frozen_full:8.1f}x")
+    if projected:
+        finetune_total = sum(projected.values())
+        frozen_full = frozen_without_synth / args.scale
+        print(f"  fine-tune study, {len(projected)} backbones:      {finetune_total / 3600:8.1f} h "
+              "(projected, training alone)")
+        print(f"  fine-tune / frozen:                   {finetune_total / frozen_full:8.1f}x")
 
 
 if __name__ == "__main__":
