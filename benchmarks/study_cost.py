@@ -116,7 +116,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the real archive's 5,856 films")
     parser.add_argument("--backbones", default=",".join(settings.BACKBONES))
     parser.add_argument("--heads", default=",".join(settings.PIPELINE_HEADS), help=", ".join(settings.HEADS))
-    parser.add_argument("--finetune-films", type=int, default=128, help="training films of each fine-tune epoch; 0 leaves the fine-tune projection out")
+    parser.add_argument("--finetune-films", type=int, default=128,
+                        help="training films of each fine-tune epoch; 0 leaves the fine-tune projection out")
     parser.add_argument("--weights", default="none", help="none (no download) or imagenet")
     parser.add_argument("--keep", type=Path, help="a new folder to keep everything in (default: a temporary one)")
     args = parser.parse_args()
