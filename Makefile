@@ -36,7 +36,7 @@ test: install ## the test suite without its slow tier (TensorFlow on tiny data, 
 	$(PYTEST) --dist loadfile
 
 test-slow: install ## the slow tier only: tests marked slow (every backbone through the GPU benchmark's smoke run)
-	$(PYTEST) --dist loadgroup -m slow
+	$(PYTEST) --dist loadfile -m slow
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check .
