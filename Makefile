@@ -25,10 +25,8 @@ $(VENV)/.installed: pyproject.toml
 
 # Tests run on TEST_WORKERS processes (pytest-xdist). Much of a test's time is single-threaded (Python, graph
 # tracing, a subprocess importing TensorFlow): on 2 cores, two workers run the default tier about 1.4x faster than
-# one process (tests/README.md). The default tier hands out whole files, so that a module's shared training is made
-# once; the slow tier's tests are few and long, so it hands them out one by one to keep both workers busy to the
-# end, except those marked with one xdist_group, which share a module's training. The slowest tests are listed
-# at the end, so that a test that grew shows up where its cost is paid.
+# one process (tests/README.md). Both tiers hand out whole files, so that a module's shared training is made once.
+# The slowest tests are listed at the end, so that a test that grew shows up where its cost is paid.
 TEST_WORKERS ?= 2
 PYTEST := $(PYTHON) -m pytest -n $(TEST_WORKERS) --durations=15
 
