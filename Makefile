@@ -28,13 +28,13 @@ $(VENV)/.installed: pyproject.toml
 # one process (tests/README.md). Both tiers hand out whole files, so that a module's shared training is made once.
 # The slowest tests are listed at the end, so that a test that grew shows up where its cost is paid.
 TEST_WORKERS ?= 2
-PYTEST := $(PYTHON) -m pytest -n $(TEST_WORKERS) --durations=15
+PYTEST := $(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test: install ## the test suite without its slow tier (TensorFlow on tiny data, KFP local runner, GCS emulator)
-	$(PYTEST) --dist loadfile
+	$(PYTEST)
 
 test-slow: install ## the slow tier only: tests marked slow (every backbone through the GPU benchmark's smoke run)
-	$(PYTEST) --dist loadfile -m slow
+	$(PYTEST) -m slow
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check .

@@ -123,6 +123,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.scale <= 1:
         sys.exit(f"study_cost: --scale must be in (0, 1], got {args.scale}")
+    if args.finetune_films < 0:
+        sys.exit(f"study_cost: --finetune-films must be 0 (no projection) or more, got {args.finetune_films}")
     backbones = args.backbones.split(",")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with tempfile.TemporaryDirectory() as temporary:

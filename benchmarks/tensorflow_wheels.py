@@ -47,6 +47,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2, help="processes per wheel, alternating")
     args = parser.parse_args()
+    if args.rounds < 1:
+        sys.exit(f"tensorflow_wheels: --rounds must be 1 or more, got {args.rounds}")
     pins = [f"tensorflow-cpu=={version('tensorflow')}", f"keras=={version('keras')}"]
     with tempfile.TemporaryDirectory() as temporary:
         print(f"installing {' '.join(pins)} into a temporary virtualenv", flush=True)

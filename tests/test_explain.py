@@ -42,7 +42,6 @@ def lesion_study(tmp_path_factory):
 
 
 @pytest.mark.slow  # lesion_study trains 8 epochs at 128 px (about 150 s on 2 cores)
-@pytest.mark.xdist_group("lesion_study")  # make test-slow: one worker trains it for both tests
 @pytest.mark.timeout(600)  # the first to ask for lesion_study trains it
 def test_the_pointing_game_is_well_above_random_on_synthetic_lesions(lesion_study, capsys):
     root = lesion_study
@@ -57,7 +56,6 @@ def test_the_pointing_game_is_well_above_random_on_synthetic_lesions(lesion_stud
 
 
 @pytest.mark.slow  # lesion_study
-@pytest.mark.xdist_group("lesion_study")
 @pytest.mark.timeout(600)  # lesion_study, when run alone
 def test_explain_writes_the_panel_heatmaps_and_their_films(lesion_study):
     out = lesion_study / "explain-plain"

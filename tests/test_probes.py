@@ -24,8 +24,6 @@ from cxr.training.plan import plan_runs
 from cxr.training.probes import fit_knn, fit_linear
 from cxr.training.train import TrainSettings, train
 
-# make test-slow hands its tests out one by one: the slow ones here share the module's trained probes.
-pytestmark = pytest.mark.xdist_group("probes")
 PROBE = dict(backbone="mobilenet", image_size=32, weights="none", batch_size=16, regime="frozen")
 
 

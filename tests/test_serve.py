@@ -28,8 +28,7 @@ from cxr.data.images import NOT_JPEG_OR_PNG
 from tests.conftest import free_port, huge_png
 
 # The first test to run builds the module's server: one training, one prediction and the server's start-up.
-# make test-slow hands its tests out one by one: the slow ones here share the module's server and films.
-pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("server")]
+pytestmark = pytest.mark.timeout(600)
 
 NAME = "cxr-pneumonia"
 BODY_LIMIT = 1_000_000  # CXR_SERVE_MAX_BODY_BYTES of the test server: a body over it is quick to send
