@@ -1,8 +1,10 @@
-"""Shared fixtures: one small synthetic dataset, ingested and preprocessed once per test session, and the
-trained models the tests share, each trained once per session (a training is the dearest thing a test does)."""
+"""Shared fixtures: one small synthetic dataset, ingested and preprocessed once per test run, and the trained
+models the tests share, each trained once per run however many xdist workers ask for it (a training is the
+dearest thing a test does)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -14,6 +16,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -29,26 +32,48 @@ TINY_TRAINING = dict(backbone="mobilenet", image_size=32, weights="none", batch_
                      patience=3)
 
 
+def made_once(tmp_path_factory, name: str, make):
+    """What `make(folder)` returned (JSON), made once per test run: the first xdist worker to ask makes it in the
+    run's shared temporary folder while holding a file lock, the others wait and read it (pytest-xdist's recipe
+    for session fixtures). A worker that failed while making it leaves no record, and the next one starts over."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's folder, above each worker's own
+    folder, record = base / name, base / f"{name}.json"
+    with FileLock(base / f"{name}.lock"):
+        if not record.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            record.write_text(json.dumps(make(folder)))
+    return json.loads(record.read_text())
+
+
 @pytest.fixture(scope="session")
 def synthetic_archive(tmp_path_factory) -> Path:
     """A Kaggle-layout tree: <root>/chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/."""
-    root = tmp_path_factory.mktemp("synthetic")
-    synthesize(root, per_class=TINY_PER_CLASS, seed=7, min_size=64, max_size=96)
-    return root
+    def make(root: Path) -> str:
+        synthesize(root, per_class=TINY_PER_CLASS, seed=7, min_size=64, max_size=96)
+        return str(root)
+
+    return Path(made_once(tmp_path_factory, "synthetic", make))
 
 
 @pytest.fixture(scope="session")
 def raw_dataset(synthetic_archive, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("raw") / "raw"
-    ingest(str(synthetic_archive), out)
-    return out
+    def make(folder: Path) -> str:
+        ingest(str(synthetic_archive), folder / "raw")
+        return str(folder / "raw")
+
+    return Path(made_once(tmp_path_factory, "raw", make))
 
 
 @pytest.fixture(scope="session")
 def processed_dataset(raw_dataset, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("processed") / "processed"
-    preprocess(raw_dataset, out, Settings(image_size=TINY_IMAGE_SIZE, val_fraction=0.2, seed=3))
-    return out
+    def make(folder: Path) -> str:
+        preprocess(raw_dataset, folder / "processed", Settings(image_size=TINY_IMAGE_SIZE, val_fraction=0.2, seed=3))
+        return str(folder / "processed")
+
+    return Path(made_once(tmp_path_factory, "processed", make))
 
 
 KILLED_AFTER_EPOCH = """
@@ -150,13 +175,14 @@ def evaluated_results(processed_dataset, tmp_path_factory) -> dict[str, Path]:
     from cxr.results.evaluate import evaluate
     from cxr.training.train import TrainSettings, train
 
-    root = tmp_path_factory.mktemp("results")
-    results = {}
-    for name in ("MobileNet", "VGG16"):
-        train(processed_dataset, root / f"{name}-model", TrainSettings(name, epochs=1, image_size=32, weights="none"))
-        evaluate(processed_dataset, root / f"{name}-model", root / name, samples=50)
-        results[name] = root / name
-    return results
+    def make(root: Path) -> dict[str, str]:
+        for name in ("MobileNet", "VGG16"):
+            train(processed_dataset, root / f"{name}-model",
+                  TrainSettings(name, epochs=1, image_size=32, weights="none"))
+            evaluate(processed_dataset, root / f"{name}-model", root / name, samples=50)
+        return {name: str(root / name) for name in ("MobileNet", "VGG16")}
+
+    return {name: Path(folder) for name, folder in made_once(tmp_path_factory, "results", make).items()}
 
 
 @pytest.fixture(scope="session")
@@ -166,10 +192,13 @@ def evaluated_mobilenet(evaluated_results, processed_dataset, tmp_path_factory) 
     no --result is given). A copy, so that the training folder the other tests use stays as `cxr train` left it."""
     from cxr.results.evaluate import evaluate
 
-    folder = tmp_path_factory.mktemp("evaluated-mobilenet") / "MobileNet"
-    shutil.copytree(evaluated_results["MobileNet"].parent / "MobileNet-model", folder)
-    evaluate(processed_dataset, folder, folder, samples=20)
-    return folder
+    def make(root: Path) -> str:
+        folder = root / "MobileNet"
+        shutil.copytree(evaluated_results["MobileNet"].parent / "MobileNet-model", folder)
+        evaluate(processed_dataset, folder, folder, samples=20)
+        return str(folder)
+
+    return Path(made_once(tmp_path_factory, "evaluated-mobilenet", make))
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,13 +15,15 @@ from cxr import files
 from cxr.cli import main
 from cxr.errors import UserError
 from cxr.results import explain as ex
+from tests.conftest import made_once
 
 SIZE = 128  # MobileNet's last block is size / 32 cells wide: 4 x 4 here, 2 x 2 at 64 px (too coarse to point)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def lesion_study(tmp_path_factory):
-    """MobileNet trained from scratch on synthetic films for 8 epochs (about a minute on 2 cores), evaluated.
+    """MobileNet trained from scratch on synthetic films for 8 epochs (about a minute on 2 cores), evaluated; made
+    once for the run, by whichever worker asks first (the slow tier hands out tests, not files).
 
     A wider head without much dropout than the seed's Dense(16) + Dropout(0.5): from scratch at lr 1e-3 those 16
     ReLUs died in two of three trials here and the model stayed at the majority class."""
@@ -30,15 +33,17 @@ def lesion_study(tmp_path_factory):
     from cxr.results.evaluate import evaluate
     from cxr.training.train import TrainSettings, train
 
-    root = tmp_path_factory.mktemp("lesions")
-    synthesize(root / "synthetic", per_class=60, seed=5, min_size=SIZE, max_size=SIZE + 32)
-    ingest(str(root / "synthetic"), root / "raw")
-    preprocess(root / "raw", root / "data", Settings(image_size=SIZE, val_fraction=0.2, seed=3))
-    train(root / "data", root / "model", TrainSettings("MobileNet", epochs=8, image_size=SIZE, weights="none",
-                                                       learning_rate=1e-3, batch_size=16, dense_units=64,
-                                                       dropout=0.2))
-    evaluate(root / "data", root / "model", root / "model", samples=20)
-    return root
+    def make(root: Path) -> str:
+        synthesize(root / "synthetic", per_class=60, seed=5, min_size=SIZE, max_size=SIZE + 32)
+        ingest(str(root / "synthetic"), root / "raw")
+        preprocess(root / "raw", root / "data", Settings(image_size=SIZE, val_fraction=0.2, seed=3))
+        train(root / "data", root / "model", TrainSettings("MobileNet", epochs=8, image_size=SIZE, weights="none",
+                                                           learning_rate=1e-3, batch_size=16, dense_units=64,
+                                                           dropout=0.2))
+        evaluate(root / "data", root / "model", root / "model", samples=20)
+        return str(root)
+
+    return Path(made_once(tmp_path_factory, "lesions", make))
 
 
 @pytest.mark.slow  # lesion_study trains 8 epochs at 128 px (about 150 s on 2 cores)

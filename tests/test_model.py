@@ -56,6 +56,7 @@ def test_every_backbone_builds_the_seed_head_and_trains_a_step(name):
     assert [layer.__class__.__name__ for layer in model.layers[-4:]] == ["Flatten", "Dense", "Dropout", "Dense"]
     assert model.layers[-3].units == 16 and model.layers[-2].rate == 0.5
     model.compile(keras.optimizers.Adam(1e-5), "binary_crossentropy")
+    model.optimizer.build(model.trainable_variables)  # as `cxr train` does: the step is traced once, not twice
     before = [w.numpy().copy() for w in model.trainable_weights]
     loss = model.train_on_batch(_films(backbone.min_size), np.array([0.0, 1.0]))
     assert np.isfinite(loss)

@@ -166,6 +166,8 @@ def test_a_probes_saved_model_takes_raw_films_and_predict_equals_evaluate(probes
 
 
 # The linear probe's Grad-CAM takes the seed head's path (a Dense kernel); kNN's layer is the new one.
+# The slow tier hands out tests, not files: its tests of the module's probes go to one worker, which trains them.
+@pytest.mark.xdist_group("probes")
 @pytest.mark.parametrize("head", [pytest.param("linear", marks=pytest.mark.slow), "knn"])
 def test_a_probe_is_explained(probes, processed_dataset, head, tmp_path):
     root = probes[0]
@@ -175,6 +177,7 @@ def test_a_probe_is_explained(probes, processed_dataset, head, tmp_path):
 
 
 @pytest.mark.slow  # the SavedModel is built from the model predict already loads: a repeat, and 15 s or more
+@pytest.mark.xdist_group("probes")
 @pytest.mark.parametrize("head", ["linear", "knn"])
 def test_a_probe_is_exported(probes, head, tmp_path):
     root = probes[0]
@@ -184,6 +187,7 @@ def test_a_probe_is_exported(probes, head, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("probes")
 def test_a_knn_probe_is_served_and_answers_what_predict_gives(probes, raw_dataset, tmp_path):
     """A real `cxr serve` process on a loopback port, called over HTTP (KServe's v1 protocol)."""
     import base64

@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from tests.conftest import train_killed_after_epoch
 FROZEN = dict(backbone="mobilenet", image_size=32, weights="none", batch_size=16, learning_rate=1e-3, patience=3,
               regime="frozen")
 CXR = str(Path(sys.executable).with_name("cxr"))
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _stamps(folder: Path) -> dict[str, tuple[int, int]]:
@@ -182,32 +182,47 @@ def test_the_regimes_never_share_a_checkpoint(processed_dataset, tmp_path):
         train(processed_dataset, tmp_path / "run", TrainSettings(epochs=1, **{**FROZEN, "regime": "finetune"}))
 
 
-def _cli(data: Path, out: Path, *extra: str) -> list[str]:
-    return [CXR, "train", "--data", str(data), "--backbone", "VGG16", "--image-size", "32", "--weights", "none",
+def _cli(data: Path, out: Path, backbone: str, *extra: str) -> list[str]:
+    return ["train", "--data", str(data), "--backbone", backbone, "--image-size", "32", "--weights", "none",
             "--batch-size", "4", "--epochs", "2", "--device", "cpu", "--out", str(out), "--regime", "frozen",
             *extra]
 
 
-def test_a_training_killed_while_extracting_is_run_again_to_a_sound_cache(processed_dataset, tmp_path):
+# `cxr train ARGS` killed with SIGKILL once the first split's features are written into the partial cache folder:
+# an extraction preempted at a known point, so that the test does not depend on how fast the machine is.
+KILLED_AFTER_FIRST_SPLIT = """
+import os, signal, sys
+from cxr.cli import main
+from cxr.training import frozen
+
+extract_split = frozen._extract_split
+
+def extract_split_then_die(*args, **kwargs):
+    extract_split(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+frozen._extract_split = extract_split_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+# DINOv2Small at full size (22 M parameters, 2 x 2 patches at 28 px): the keras-hub path through the same cache.
+@pytest.mark.parametrize("backbone", ["VGG16", pytest.param("DINOv2Small", marks=pytest.mark.slow)])
+def test_a_training_killed_while_extracting_is_run_again_to_a_sound_cache(backbone, processed_dataset, tmp_path):
     """kill -9 a real `cxr train --regime frozen` once its partial cache folder holds features, then run it
     again: the leftover is cleared, the features are extracted anew and the training finishes."""
     features = tmp_path / "features"
-    first = subprocess.Popen(_cli(processed_dataset, tmp_path / "run", "--features", str(features)),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while first.poll() is None and time.monotonic() < deadline:
-        if any(p.name.endswith(".npy") for partial in features.glob("*.partial-*") for p in partial.iterdir()):
-            break
-        time.sleep(0.02)
-    first.send_signal(signal.SIGKILL)
-    assert first.wait() == -signal.SIGKILL
-    assert list(features.glob("*.partial-*")) and not [p for p in features.iterdir()
-                                                       if p.is_dir() and "." not in p.name]
+    command = _cli(processed_dataset, tmp_path / "run", backbone, "--features", str(features))
+    first = subprocess.run([sys.executable, "-c", KILLED_AFTER_FIRST_SPLIT, *command], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    partial = list(features.glob("*.partial-*"))
+    assert len(partial) == 1 and any(p.suffix == ".npy" for p in partial[0].iterdir())
+    assert not [p for p in features.iterdir() if p.is_dir() and "." not in p.name]  # no finished cache
 
-    second = subprocess.run(_cli(processed_dataset, tmp_path / "run", "--features", str(features)),
-                            capture_output=True, text=True)
+    second = subprocess.run([CXR, *command], capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-2000:]
-    assert "extracting VGG16 features" in second.stderr and "reusing" not in second.stderr
+    assert f"extracting {backbone} features" in second.stderr and "reusing" not in second.stderr
     metrics = json.loads((tmp_path / "run" / files.TRAIN_METRICS).read_text())
     cache = Path(metrics["features"]["folder"])
     assert fc.problem(cache, fc.FeatureKey(**metrics["features"]["key"])) is None

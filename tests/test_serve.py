@@ -527,19 +527,37 @@ def test_sigterm_ends_it_cleanly_even_with_a_stalled_client(server):
         requests.get(f"{server.url}/v2/health/ready", timeout=5)
 
 
+# `cxr serve ARGS` whose model takes as long to load as a large model on a slow disk: it touches the file named
+# first once its loading has begun, so that the test signals while the model loads however fast the machine is.
+SLOW_LOAD = """
+import sys, time
+from pathlib import Path
+from cxr.cli import main
+from cxr.serving.server import PneumoniaModel
+
+load = PneumoniaModel.load
+
+def slow_load(self):
+    Path(sys.argv[1]).touch()
+    time.sleep(600)
+    return load(self)
+
+PneumoniaModel.load = slow_load
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 @pytest.mark.slow
-def test_ctrl_c_or_sigterm_while_the_model_loads_is_one_line(trained):
+def test_ctrl_c_or_sigterm_while_the_model_loads_is_one_line(trained, tmp_path):
     for sent, code in ((signal.SIGINT, 130), (signal.SIGTERM, 130)):
-        port = free_port()
-        process = subprocess.Popen([str(Path(sys.executable).with_name("cxr")), "serve", "--model", str(trained),
-                                    "--threshold", "0.5", "--port", str(port)],
+        loading = tmp_path / f"loading-{sent.name}"
+        process = subprocess.Popen([sys.executable, "-c", SLOW_LOAD, str(loading), "serve", "--model", str(trained),
+                                    "--threshold", "0.5", "--port", str(free_port())],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:  # the port is bound before the model loads
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
+        while not loading.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert loading.exists(), process.communicate(timeout=START_TIMEOUT)[1][-2000:]
         process.send_signal(sent)
         out, err = process.communicate(timeout=START_TIMEOUT)
         assert (process.returncode, err.strip().splitlines()[-1:]) == (code, ["cxr serve: interrupted"]), err

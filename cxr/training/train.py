@@ -88,10 +88,9 @@ class ResumableTraining(keras.callbacks.Callback):
                 or state["epochs_done"] >= self.epochs)
 
     def restore(self, model: keras.Model) -> None:
-        """Load the last epoch's model and optimizer state, when there is one, and where the random draws of its
-        layers (dropout) had got to."""
+        """Load the last epoch's model and optimizer state (into the built optimizer), when there is one, and where
+        the random draws of its layers (dropout) had got to."""
         if self.state["epochs_done"]:
-            model.optimizer.build(model.trainable_variables)
             model.load_weights(self.folder / "last.weights.h5")
             # Checkpoints written before the states were kept resume with fresh ones.
             for variable, value in zip(_random_states(model), self.state.get("random_states", []), strict=False):
@@ -314,6 +313,9 @@ def _fit_trainee(run: Run, xla: bool) -> tuple[keras.Model, dict, FeatureCache |
     trainee = data.trainee
     trainee.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss="binary_crossentropy",
                     metrics=[keras.metrics.BinaryAccuracy(name="accuracy")], jit_compile=xla)
+    # Built before fit: left to fit, TensorFlow's Keras builds it inside the first trace of the training step, and
+    # the variables made there make TensorFlow trace the whole step a second time (docs/performance.md).
+    trainee.optimizer.build(trainee.trainable_variables)
     tracker.restore(trainee)
     if tracker.state["epochs_done"]:
         print(f"train: resuming {name} after epoch {tracker.state['epochs_done']}", file=sys.stderr)
