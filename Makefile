@@ -26,9 +26,9 @@ $(VENV)/.installed: pyproject.toml
 # Tests run on TEST_WORKERS processes (pytest-xdist). Much of a test's time is single-threaded (Python, graph
 # tracing, a subprocess importing TensorFlow): on 2 cores, two workers run the default tier about 1.4x faster than
 # one process (tests/README.md). The default tier hands out whole files, so that a module's shared training is made
-# once; the slow tier, a few long tests, hands out tests (those sharing a module's training carry one xdist_group),
-# so that its longest file does not leave a worker idle. The slowest tests are listed at the end, so that a test
-# that grew shows up where its cost is paid.
+# once; the slow tier, a few long tests, hands out single tests, so that its longest file does not leave a worker
+# idle (the trainings its tests share are made once for both workers: made_once in tests/conftest.py). The slowest
+# tests are listed at the end, so that a test that grew shows up where its cost is paid.
 TEST_WORKERS ?= 2
 PYTEST := $(PYTHON) -m pytest -n $(TEST_WORKERS) --durations=15
 
@@ -36,7 +36,7 @@ test: install ## the test suite without its slow tier (TensorFlow on tiny data, 
 	$(PYTEST) --dist loadfile
 
 test-slow: install ## the slow tier only: tests marked slow (every backbone through the GPU benchmark's smoke run)
-	$(PYTEST) --dist loadgroup -m slow
+	$(PYTEST) --dist load -m slow
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check .

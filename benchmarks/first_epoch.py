@@ -50,9 +50,10 @@ print(f"seconds {time.perf_counter() - started:.2f} traces {len(traces)}")
 
 def first_epoch(backbone: str, mode: str) -> tuple[float, int]:
     """Seconds of the first epoch's `fit` and the number of traces of the training step, in a fresh process."""
-    out = subprocess.run([sys.executable, "-c", FIRST_EPOCH, backbone, mode], capture_output=True, text=True,
-                         check=True).stdout
-    seconds, traces = re.search(r"^seconds (\S+) traces (\d+)$", out, re.MULTILINE).groups()
+    run = subprocess.run([sys.executable, "-c", FIRST_EPOCH, backbone, mode], capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.exit(f"first_epoch: the {backbone} training process failed:\n{run.stderr[-2000:]}")
+    seconds, traces = re.search(r"^seconds (\S+) traces (\d+)$", run.stdout, re.MULTILINE).groups()
     return float(seconds), int(traces)
 
 
@@ -67,6 +68,8 @@ def main() -> None:
         backbones = [canonical_backbone(name.strip()) for name in args.backbones.split(",") if name.strip()]
     except UserError as error:
         sys.exit(f"first_epoch: --backbones: {error}")
+    if not backbones:
+        sys.exit("first_epoch: --backbones names no backbone")
     print("backbone     mode                 first epoch (s)   traces")
     for backbone in backbones:
         measured: dict[str, list[tuple[float, int]]] = {"in the first trace": [], "built before fit": []}

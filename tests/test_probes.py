@@ -23,6 +23,7 @@ from cxr.training.heads import FeaturePooling, NearestNeighbours, pool
 from cxr.training.plan import plan_runs
 from cxr.training.probes import fit_knn, fit_linear
 from cxr.training.train import TrainSettings, train
+from tests.conftest import made_once
 
 PROBE = dict(backbone="mobilenet", image_size=32, weights="none", batch_size=16, regime="frozen")
 
@@ -120,22 +121,27 @@ def test_knn_alone_in_finetune_is_refused_before_any_work(processed_dataset, tmp
     assert not (tmp_path / "out").exists()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def probes(processed_dataset, tmp_path_factory):
     """MobileNet frozen with the linear probe (it builds the feature cache), then the kNN probe on the same
-    cache; each evaluated into its own folder. The cache files' stamps are kept between the two."""
+    cache; each evaluated into its own folder. The cache files' stamps are kept between the two. Made once for
+    the run, by whichever worker asks first (the slow tier hands out tests, not files)."""
     from cxr.results.evaluate import evaluate
 
-    root = tmp_path_factory.mktemp("probes")
-    trained = {"linear": train(processed_dataset, root / "linear", TrainSettings(head="linear", **PROBE),
-                               checkpoint=root / "checkpoints" / "linear")}
-    cache = Path(trained["linear"]["features"]["folder"])
-    stamps = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cache.iterdir()}
-    trained["knn"] = train(processed_dataset, root / "knn", TrainSettings(head="knn", **PROBE),
-                           checkpoint=root / "checkpoints" / "knn")
-    for head in trained:
-        evaluate(processed_dataset, root / head, root / f"{head}-result", samples=20)
-    return root, trained, cache, stamps
+    def make(root: Path) -> dict:
+        trained = {"linear": train(processed_dataset, root / "linear", TrainSettings(head="linear", **PROBE),
+                                   checkpoint=root / "checkpoints" / "linear")}
+        cache = Path(trained["linear"]["features"]["folder"])
+        stamps = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cache.iterdir()}
+        trained["knn"] = train(processed_dataset, root / "knn", TrainSettings(head="knn", **PROBE),
+                               checkpoint=root / "checkpoints" / "knn")
+        for head in trained:
+            evaluate(processed_dataset, root / head, root / f"{head}-result", samples=20)
+        return {"root": str(root), "trained": trained, "cache": str(cache), "stamps": stamps}
+
+    made = made_once(tmp_path_factory, "probes", make)
+    return (Path(made["root"]), made["trained"], Path(made["cache"]),
+            {name: tuple(stamp) for name, stamp in made["stamps"].items()})
 
 
 def test_both_probes_read_one_cache_and_never_rewrite_it(probes):
@@ -166,8 +172,6 @@ def test_a_probes_saved_model_takes_raw_films_and_predict_equals_evaluate(probes
 
 
 # The linear probe's Grad-CAM takes the seed head's path (a Dense kernel); kNN's layer is the new one.
-# The slow tier hands out tests, not files: its tests of the module's probes go to one worker, which trains them.
-@pytest.mark.xdist_group("probes")
 @pytest.mark.parametrize("head", [pytest.param("linear", marks=pytest.mark.slow), "knn"])
 def test_a_probe_is_explained(probes, processed_dataset, head, tmp_path):
     root = probes[0]
@@ -177,7 +181,6 @@ def test_a_probe_is_explained(probes, processed_dataset, head, tmp_path):
 
 
 @pytest.mark.slow  # the SavedModel is built from the model predict already loads: a repeat, and 15 s or more
-@pytest.mark.xdist_group("probes")
 @pytest.mark.parametrize("head", ["linear", "knn"])
 def test_a_probe_is_exported(probes, head, tmp_path):
     root = probes[0]
@@ -187,7 +190,6 @@ def test_a_probe_is_exported(probes, head, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("probes")
 def test_a_knn_probe_is_served_and_answers_what_predict_gives(probes, raw_dataset, tmp_path):
     """A real `cxr serve` process on a loopback port, called over HTTP (KServe's v1 protocol)."""
     import base64
