@@ -81,6 +81,6 @@ def test_the_screen_gets_a_line_per_task_and_the_log_gets_everything(tmp_path):
 def test_the_demos_help_gives_every_default_and_says_lists_are_comma_separated():
     text = " ".join(build_parser().format_help().split())
     assert "comma-separated" in text
-    assert "(default: MobileNet,InceptionV3,VGG16)" in text and "(default: finetune,frozen)" in text
+    assert "(default: InceptionV3,VGG16,MobileNet)" in text and "(default: finetune,frozen)" in text
     assert "(default: 80)" in text and "(default: 4)" in text and "(default: 32)" in text
     assert "--verbose" in text

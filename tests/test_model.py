@@ -140,9 +140,12 @@ def test_plan_lists_every_backbone_regime_and_seed_and_refuses_repeats():
         {"backbone": "VGG16", "regime": "finetune", "seed": 7, **seed},
         {"backbone": "MobileNet", "regime": "finetune", "seed": 42, **seed},
         {"backbone": "MobileNet", "regime": "finetune", "seed": 7, **seed}]
-    assert plan_runs(["densenet121"], [1], ["frozen", "finetune"]) == [
+    # Fine-tuning first, whatever the order the regimes are listed in: the long trainings start first.
+    assert plan_runs(["densenet121", "MobileNet"], [1], ["frozen", "finetune"]) == [
+        {"backbone": "DenseNet121", "regime": "finetune", "seed": 1, **seed},
+        {"backbone": "MobileNet", "regime": "finetune", "seed": 1, **seed},
         {"backbone": "DenseNet121", "regime": "frozen", "seed": 1, **seed},
-        {"backbone": "DenseNet121", "regime": "finetune", "seed": 1, **seed}]
+        {"backbone": "MobileNet", "regime": "frozen", "seed": 1, **seed}]
     with pytest.raises(UserError, match="regimes: unknown regime 'linear'; valid: finetune, frozen"):
         plan_runs(["VGG16"], [1], ["frozen", "linear"])
     with pytest.raises(UserError, match="regimes: frozen is listed more than once"):
@@ -166,10 +169,10 @@ def test_every_name_a_user_types_is_matched_without_blanks_in_any_case():
 
     seed = {"head": "linear", "learning_rate": 1e-5}
     assert plan_runs([" vgg16 ", "MOBILENET"], [42], [" FROZEN", "Finetune "], [" Linear"]) == [
-        {"backbone": "VGG16", "regime": "frozen", "seed": 42, **seed},
         {"backbone": "VGG16", "regime": "finetune", "seed": 42, **seed},
-        {"backbone": "MobileNet", "regime": "frozen", "seed": 42, **seed},
-        {"backbone": "MobileNet", "regime": "finetune", "seed": 42, **seed}]
+        {"backbone": "MobileNet", "regime": "finetune", "seed": 42, **seed},
+        {"backbone": "VGG16", "regime": "frozen", "seed": 42, **seed},
+        {"backbone": "MobileNet", "regime": "frozen", "seed": 42, **seed}]
     with pytest.raises(UserError, match="regimes: frozen is listed more than once"):
         plan_runs(["VGG16"], [1], ["frozen", "Frozen"])
     options = TrainSettings(" resnet50", regime="FROZEN ")

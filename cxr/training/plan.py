@@ -188,13 +188,14 @@ def plan_runs(names: list[str], seeds: list[int], regimes: list[str] = settings.
               heads: list[str] = settings.PIPELINE_HEADS,
               learning_rates: list[float] = settings.LEARNING_RATES) -> list[dict]:
     """One training per backbone, regime, head, learning rate and seed, {"backbone": canonical name, "regime": str,
-    "head": str, "learning_rate": float, "seed": int}: every backbone, regime and head gets the same learning rates
-    and seeds, an equal tuning budget by construction. A probe fitted by scikit-learn (fitted_without_learning_rate)
-    has no rate to search: it is planned once per seed, at the list's first rate, which it does not use. A
-    frozen-only head (knn) is planned in the frozen regime alone; a plan left empty by that is refused. Checked
-    before any work: an unknown name, regime or head, a backbone listed twice (in any letter case: both would share
-    one checkpoint), a repeated regime, head or seed, a bad learning rate (check_learning_rates) is refused with one
-    line."""
+    "head": str, "learning_rate": float, "seed": int}, the fine-tuning ones first, then the backbones in the order
+    listed (the order trainings start in when there are fewer parallel slots than trainings). Every backbone, regime
+    and head gets the same learning rates and seeds, an equal tuning budget by construction. A probe fitted by
+    scikit-learn (fitted_without_learning_rate) has no rate to search: it is planned once per seed, at the list's
+    first rate, which it does not use. A frozen-only head (knn) is planned in the frozen regime alone; a plan left
+    empty by that is refused. Checked before any work: an unknown name, regime or head, a backbone listed twice (in
+    any letter case: both would share one checkpoint), a repeated regime, head or seed, a bad learning rate
+    (check_learning_rates) is refused with one line."""
     if not names:
         raise UserError("backbones: the list is empty")
     if not seeds:
@@ -212,13 +213,15 @@ def plan_runs(names: list[str], seeds: list[int], regimes: list[str] = settings.
     seeds = [int(seed) for seed in seeds]
     if len(set(seeds)) != len(seeds):
         raise UserError(f"seeds: a seed is repeated in {seeds}")
-    pairs = [(regime, head) for regime in regimes for head in heads
+    # Fine-tuning first: with fewer parallel slots than trainings (kfp.local runs two, a cluster PARALLELISM), the
+    # long trainings start first and the frozen ones, a pass of the backbone and seconds of head training, fill in.
+    pairs = [(regime, head) for regime in sorted(regimes, key=lambda regime: regime != "finetune") for head in heads
              if regime == "frozen" or head not in settings.FROZEN_ONLY_HEADS]
     if not pairs:
         raise UserError(f"heads: {', '.join(heads)} train only in the frozen regime; add frozen to regimes")
     rates = check_learning_rates(learning_rates)
     return [{"backbone": name, "regime": regime, "head": head, "learning_rate": rate, "seed": seed}
-            for name in canonical for regime, head in pairs
+            for regime, head in pairs for name in canonical
             for rate in (rates[:1] if fitted_without_learning_rate(regime, head) else rates) for seed in seeds]
 
 
