@@ -49,6 +49,16 @@ def made_once(tmp_path_factory, name: str, make):
 
 
 @pytest.fixture(scope="session")
+def quick_xla(tmp_path_factory) -> dict[str, str]:
+    """Environment for a process whose time goes to compiling small programs with XLA on the CPU (JAX): LLVM's
+    optimisation off (a fifth less time for the GPU benchmark's smoke, whose programs run once), and compiled
+    programs kept in one cache for the whole run, so that a program compiled by one test is read back by the next
+    (the same smoke again: half the time). What these tests run is checked, never how fast it runs."""
+    cache = made_once(tmp_path_factory, "jax-cache", str)
+    return {"XLA_FLAGS": "--xla_backend_optimization_level=0", "JAX_COMPILATION_CACHE_DIR": cache}
+
+
+@pytest.fixture(scope="session")
 def synthetic_archive(tmp_path_factory) -> Path:
     """A Kaggle-layout tree: <root>/chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/."""
     def make(root: Path) -> str:

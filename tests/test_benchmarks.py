@@ -20,16 +20,16 @@ from cxr import settings
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _jax_environment() -> dict[str, str]:
-    environment = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2"}
+def _jax_environment(**extra: str) -> dict[str, str]:
+    environment = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
     environment.pop("PYTHONPATH", None)  # the script finds the cxr source tree itself, as on the GPU machine
     return environment
 
 
-def _smoke(*arguments: str, timeout: float) -> str:
+def _smoke(*arguments: str, quick_xla: dict[str, str], timeout: float) -> str:
     """`gpu_throughput.py --smoke` with `arguments`; its standard output, once it has exited 0."""
     result = subprocess.run([sys.executable, "benchmarks/gpu_throughput.py", "--smoke", *arguments], cwd=ROOT,
-                            env=_jax_environment(), capture_output=True, text=True, timeout=timeout)
+                            env=_jax_environment(**quick_xla), capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -64,7 +64,8 @@ def test_the_gpu_benchmark_imports_keras_on_jax_and_no_tensorflow():
 def test_gpu_throughput_features_mode_runs_the_keras_hub_backbones():
     """The frozen regime's extraction of DINOv2 and MedSigLIP (full-size architectures at 28 px), so that the first
     GPU run measures them; about 2 minutes on 2 loaded cores."""
-    stdout = _smoke("--backbones", *settings.HUB_PRESETS, "--modes", "features", timeout=1100)
+    # Not quick_xla: the full-size transformers' forward passes, not their compilation, are most of this run.
+    stdout = _smoke("--backbones", *settings.HUB_PRESETS, "--modes", "features", quick_xla={}, timeout=1100)
     for backbone in settings.HUB_PRESETS:
         assert re.search(rf"^{backbone}\s+28 features, mixed \+ XLA\s+\S+\s+\d+\.\d+\s+(\d+\.\d+)", stdout, re.M)
 
@@ -75,10 +76,11 @@ def test_gpu_throughput_features_mode_runs_the_keras_hub_backbones():
 # minutes on 2 idle cores and 25 on 2 cores shared with five other processes.
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-def test_gpu_throughput_smoke_prints_a_number_per_backbone_and_mode_and_the_projection():
-    _assert_a_row_per_mode_and_the_projection(_smoke("--backbones", "MobileNet", timeout=1100), ["MobileNet"])
+def test_gpu_throughput_smoke_prints_a_number_per_backbone_and_mode_and_the_projection(quick_xla):
+    _assert_a_row_per_mode_and_the_projection(_smoke("--backbones", "MobileNet", quick_xla=quick_xla, timeout=1100),
+                                              ["MobileNet"])
     others = [name for name in settings.BACKBONES if name != "MobileNet"]
-    stdout = _smoke("--backbones", *others, "--modes", "mixed", timeout=1100)
+    stdout = _smoke("--backbones", *others, "--modes", "mixed", quick_xla=quick_xla, timeout=1100)
     for backbone in others:
         number = r"\s+(\d+\.\d+)"
         row = re.search(rf"^{backbone}\s+\d+\s+mixed precision \+ XLA\s+mixed_bfloat16{number}{number}{number}$",
@@ -88,8 +90,8 @@ def test_gpu_throughput_smoke_prints_a_number_per_backbone_and_mode_and_the_proj
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_concurrent_mode_times_trainings_at_once_and_one_after_another():
-    stdout = _smoke("--concurrent", "--backbones", "MobileNet", "VGG16", timeout=850)
+def test_concurrent_mode_times_trainings_at_once_and_one_after_another(quick_xla):
+    stdout = _smoke("--concurrent", "--backbones", "MobileNet", "VGG16", quick_xla=quick_xla, timeout=850)
     for backbone in ("MobileNet", "VGG16"):  # images/s alone, and sharing
         assert re.search(rf"^{backbone}\s+\d+\.\d+\s+\d+\.\d+$", stdout, re.MULTILINE), stdout
     assert re.search(r"one after another:\s+\d+\.\d s", stdout)

@@ -232,7 +232,7 @@ def write_saved_model(model, prep: Preprocessing, threshold: float, target: Path
 
     A tf.Module that holds the model's variables and the one function, rather than keras.export.ExportArchive:
     the archive walks the whole Keras model and traces it again for resources it might hold, and keeps a copy of
-    every variable (InceptionV3 at 75 px: 2.5x slower and twice the size, benchmarks/model_io.py)."""
+    every variable (InceptionV3 at 75 px: 1.6x the time and twice the size, benchmarks/model_io.py)."""
     import tensorflow as tf
 
     servable = tf.Module()
