@@ -420,14 +420,16 @@ def test_a_file_written_in_parts_appears_only_when_complete(tmp_path):
     (["--learning-rates", "1e-3,1e-3"], "learning_rates: 0.001 is listed more than once"),
     (["--learning-rates", "1e-3,-1"], "learning_rates: -1.0 is not a positive finite number"),
 ])
-def test_the_demo_refuses_bad_settings_before_its_first_step(arguments, expected, tmp_path):
+def test_the_demo_refuses_bad_settings_before_its_first_step(arguments, expected, tmp_path, capsys):
+    # In this process: the next test runs the demo's command itself, and each start costs seconds of imports.
+    from pipelines.local_demo import main as demo
+
     out = tmp_path / "demo"
-    run = subprocess.run([sys.executable, "-m", "pipelines.local_demo", "--out", str(out), *arguments], cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 2, run.stderr[-2000:]
-    lines = [line for line in run.stderr.splitlines() if line.startswith("demo: error: ")]
-    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in run.stderr
-    assert not (out / "synthetic").exists()  # nothing was synthesized
+    assert demo(["--out", str(out), *arguments]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("demo: error: ")]
+    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in err, err[-2000:]
+    assert not out.exists()  # nothing was synthesized, no folder made
 
 
 def test_the_demo_into_a_file_is_one_line(tmp_path):
