@@ -1,5 +1,5 @@
-"""Today's backbones (EfficientNetV2B0, EfficientNetV2S, ConvNeXtTiny, DenseNet121) through every step a user
-runs: train, evaluate, explain, predict and export, one test per family so each is built only a few times."""
+"""Today's backbones (EfficientNetV2B0, EfficientNetV2S, ConvNeXtTiny, DenseNet121) through the steps a user runs on
+a model: train, evaluate, explain and predict, one test per family so each is built only a few times."""
 
 from __future__ import annotations
 
@@ -29,14 +29,14 @@ def test_the_four_are_todays():
 CHAINED = [name for name in TODAYS if name != "EfficientNetV2S"]
 
 
+# Not the SavedModel: `cxr export` traces the model inside its serving graph as training's tf.function already
+# does, and its own code, the same for every backbone, is checked on CNNs and transformers in the default tier
+# (tests/test_export.py, tests/test_hub_backbones.py); here it cost 20-30 s a family.
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CHAINED)
-def test_trains_evaluates_explains_predicts_and_exports(name, processed_dataset, raw_dataset, tmp_path):
-    import tensorflow as tf
-
+def test_trains_evaluates_explains_and_predicts(name, processed_dataset, raw_dataset, tmp_path):
     from cxr.results.evaluate import evaluate
     from cxr.results.explain import explain
-    from cxr.serving.export import export
     from cxr.serving.predict import predict_files
     from cxr.training.train import TrainSettings, train
 
@@ -61,10 +61,5 @@ def test_trains_evaluates_explains_predicts_and_exports(name, processed_dataset,
     predicted = predict_files(model_dir, films)
     np.testing.assert_allclose(predicted["probability"], evaluated["probability"].iloc[:4], atol=1e-4, rtol=0)
 
-    version = export(model_dir, tmp_path / "serving")
-    serve = tf.saved_model.load(str(version)).signatures["serving_default"]
-    served = serve(image_bytes=tf.constant([film.read_bytes() for film in films]))["probability"].numpy()
-    # The graph repeats PIL's decode and resize to within a grey level (cxr.serving.export): close, not equal.
-    assert np.abs(served - predicted["probability"].to_numpy()).max() < 0.02
     threshold = json.loads((model_dir / files.METRICS).read_text())["thresholds"]["validation"]
     assert 0 <= threshold <= 1
