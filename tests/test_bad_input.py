@@ -169,6 +169,36 @@ def test_a_truncated_model_and_a_bad_batch_size_are_one_line(processed_dataset, 
     _one_error_line(capsys, "model.keras is damaged")
 
 
+def test_an_archive_without_weights_and_no_room_to_unpack_them_are_one_line(processed_dataset, evaluated_results,
+                                                                          tmp_path, capsys):
+    """model.keras re-zipped without its weights file; then the whole model, with the process allowed files of
+    1 MB at most (RLIMIT_FSIZE, as a full disk refuses the write): the weights' temporary copy cannot be made."""
+    import resource
+    import signal
+
+    model = tmp_path / "model"
+    shutil.copytree(evaluated_results["MobileNet"].parent / "MobileNet-model", model)
+    whole = (model / "model.keras").read_bytes()
+    with zipfile.ZipFile(model / "model.keras", "w") as archive:
+        archive.writestr("config.json", "{}")
+    assert main(["evaluate", "--data", str(processed_dataset), "--model", str(model), "--out",
+                 str(tmp_path / "a")]) == 2
+    _one_error_line(capsys, "model.keras is damaged", "it holds no model.weights.h5")
+
+    (model / "model.keras").write_bytes(whole)
+    handler, limits = signal.signal(signal.SIGXFSZ, signal.SIG_IGN), resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, limits[1]))
+    try:
+        status = main(["evaluate", "--data", str(processed_dataset), "--model", str(model), "--out",
+                       str(tmp_path / "b")])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert status == 2
+    _one_error_line(capsys, "its weights could not be unpacked into", "TMPDIR")
+    assert (model / "model.keras").read_bytes() == whole  # the user's model is untouched
+
+
 def test_an_empty_metrics_file_is_one_line_naming_it(evaluated_results, tmp_path, capsys):
     result = tmp_path / "result"
     shutil.copytree(evaluated_results["MobileNet"], result)

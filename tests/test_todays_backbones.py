@@ -23,7 +23,7 @@ def test_the_four_are_todays():
 
 
 # The slow tier: each repeats, on its own graph, the whole chain that tests/test_hub_backbones.py runs in the
-# default tier for a new backbone (2-3 minutes each on 2 shared cores). One per family: EfficientNetV2S takes
+# default tier for a new backbone (90-125 s each in CI on 2 cores). One per family: EfficientNetV2S takes
 # EfficientNetV2B0's code path (the same scaling inside the model, the same Grad-CAM layer) at twice its cost; the
 # default tier builds it and checks its scaling, the slow tier its mixed precision (tests/test_model.py).
 CHAINED = [name for name in TODAYS if name != "EfficientNetV2S"]

@@ -85,20 +85,30 @@ def load_model(model_dir: Path):
                         dropout=options["dropout"], weights="none",
                         head=options.get("head", settings.DEFAULT_HEAD), references=probe.get("references", 0),
                         neighbours=int(probe.get("value", 0)) if probe.get("parameter") == "k" else 0)
-    try:
-        load_weights_of_archive(model, model_dir / files.MODEL)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-        raise UserError(f"{model_dir / files.MODEL} is damaged ({type(error).__name__}); train again into a "
-                        "new folder") from None
+    load_weights_of_archive(model, model_dir / files.MODEL)
     return model
 
 
 def load_weights_of_archive(model, archive_path: Path) -> None:
-    """A .keras archive's weights into `model`, read from a temporary copy of the archive's weights file. Given the
-    archive itself, Keras hands h5py the zip member as a Python file object, and h5py's many small reads through it
-    took 5x as long as from the extracted file for InceptionV3 (benchmarks/model_io.py)."""
-    with zipfile.ZipFile(archive_path) as archive, tempfile.TemporaryDirectory(prefix="cxr-weights-") as folder:
-        model.load_weights(archive.extract(KERAS_WEIGHTS_MEMBER, folder))
+    """A .keras archive's weights into `model`, read from a temporary copy of the archive's weights file; a damaged
+    archive, or no room for the copy, is one line. Given the archive itself, Keras hands h5py the zip member as a
+    Python file object, and h5py's many small reads through it took 5x as long as from the extracted file for
+    InceptionV3 (benchmarks/model_io.py)."""
+    damaged = f"{archive_path} is damaged; train again into a new folder"
+    try:
+        with zipfile.ZipFile(archive_path) as archive, tempfile.TemporaryDirectory(prefix="cxr-weights-") as folder:
+            try:
+                weights = archive.extract(KERAS_WEIGHTS_MEMBER, folder)
+            except KeyError:
+                raise UserError(f"{damaged} (it holds no {KERAS_WEIGHTS_MEMBER})") from None
+            except (zipfile.BadZipFile, EOFError) as error:
+                raise UserError(f"{damaged} ({type(error).__name__}: {error})") from None
+            except OSError as error:  # writing the copy: the archive's own faults are BadZipFile or EOFError
+                raise UserError(f"{archive_path}: its weights could not be unpacked into {tempfile.gettempdir()} "
+                                f"({error.strerror or error}); make room there, or point TMPDIR elsewhere") from None
+            model.load_weights(weights)
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise UserError(f"{damaged} ({type(error).__name__})") from None
 
 
 def backbone_name(model_dir: Path) -> str:
