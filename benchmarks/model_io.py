@@ -62,8 +62,8 @@ if way == "keras":
 else:
     write_saved_model(model, prep, 0.5, out)
 exported = time.perf_counter() - started
-size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-print(json.dumps({"load": loaded, "export": exported, "megabytes": size / 1e6}))
+saved_bytes = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+print(json.dumps({"load": loaded, "export": exported, "megabytes": saved_bytes / 1e6}))
 """
 
 WAYS = {"keras": "Keras given the archive / ExportArchive", "cxr": "extracted first / tf.Module (cxr)"}
