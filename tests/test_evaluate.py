@@ -3,7 +3,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import recall_score, roc_auc_score
 
+from cxr.results import calibration
 from cxr.results import metrics as ev
 
 # 4 normal, 6 pneumonia films; at 0.5: TN 3, FP 1, FN 2, TP 4 (worked out by hand).
@@ -67,13 +69,35 @@ def test_patient_bootstrap_resamples_whole_patients_and_pairs_its_statistics():
     patients = np.array(["a", "a", "a", "b"])  # two patients drawn per resample: 0, 3 or 6 films of "a"
     seen = []
 
-    def statistics(chosen: np.ndarray) -> dict[str, float]:
-        seen.append(chosen)
-        return {"films of a": float(np.sum(chosen < 3)), "copy": float(np.sum(chosen < 3))}
+    def statistics(counts: np.ndarray) -> dict[str, np.ndarray]:
+        seen.append(counts)
+        films_of_a = counts[:, :3].sum(axis=1)
+        return {"films of a": films_of_a, "copy": films_of_a.copy()}
 
-    intervals = ev.patient_bootstrap(statistics, patients, samples=200)
-    assert all(np.sum(chosen < 3) % 3 == 0 and len(chosen) in (2, 4, 6) for chosen in seen)
+    intervals = ev.patient_bootstrap(statistics, patients, samples=250)
+    counts = np.concatenate(seen)
+    assert counts.shape == (250, 4)  # in blocks, every resample once
+    assert (counts[:, :3] == counts[:, [0]]).all()  # a patient's films are drawn together
+    assert (counts[:, 0] + counts[:, 3] == 2).all()  # as many patients drawn as there are
     assert intervals["films of a"] == intervals["copy"] == [0.0, 6.0]
+
+
+def test_the_resampled_statistics_are_those_of_the_drawn_films():
+    """A resample given as counts scores as the list of drawn films does: each film as many times as drawn."""
+    rng = np.random.default_rng(3)
+    labels, probabilities = rng.random(40) < 0.6, np.round(rng.random(40), 1)  # rounded: many ties
+    counts = rng.integers(0, 3, size=(5, 40)).astype(float)
+    for row, drawn in zip(counts, [np.repeat(np.arange(40), c.astype(int)) for c in counts], strict=True):
+        y, p = labels[drawn], probabilities[drawn]
+        (auc,) = ev.roc_auc_per_resample(labels, probabilities, row[None])
+        assert auc == pytest.approx(roc_auc_score(y, p))
+        for name, (value,) in ev.threshold_metrics_per_resample(labels, probabilities, 0.5, row[None]).items():
+            assert value == pytest.approx(ev.threshold_metrics(y, p, 0.5)[name]), name
+        assert ev.threshold_metrics(y, p, 0.5)["sensitivity"] == pytest.approx(recall_score(y, p >= 0.5))
+        (brier,) = calibration.brier_score_per_resample(labels, probabilities, row[None])
+        assert brier == pytest.approx(np.mean((p - y) ** 2))
+        (ece,) = calibration.expected_calibration_error_per_resample(labels, probabilities, row[None])
+        assert ece == pytest.approx(calibration.expected_calibration_error(y, p))
 
 
 def test_the_threshold_is_chosen_on_validation_never_on_test():

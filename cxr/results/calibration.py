@@ -12,9 +12,16 @@ import pandas as pd
 from cxr import settings
 
 
+def brier_score_per_resample(labels: np.ndarray, probabilities: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The Brier score of each resample of the films: `counts` [resamples, films] says how many times each film
+    was drawn into each (cxr.results.metrics.patient_bootstrap)."""
+    squared = (np.asarray(probabilities, float) - np.asarray(labels, float)) ** 2
+    return counts @ squared / counts.sum(axis=1)
+
+
 def brier_score(labels: np.ndarray, probabilities: np.ndarray) -> float:
     """Mean squared distance between P(pneumonia) and the truth (0 or 1): 0 is perfect, 0.25 is a constant 0.5."""
-    return float(np.mean((np.asarray(probabilities, float) - np.asarray(labels, float)) ** 2))
+    return float(brier_score_per_resample(labels, probabilities, np.ones((1, len(labels))))[0])
 
 
 def _bins(probabilities: np.ndarray, bins: int) -> np.ndarray:
@@ -36,11 +43,18 @@ def reliability(labels: np.ndarray, probabilities: np.ndarray, bins: int = setti
                          "observed": observed})
 
 
+def expected_calibration_error_per_resample(labels: np.ndarray, probabilities: np.ndarray, counts: np.ndarray,
+                                            bins: int = settings.CALIBRATION_BINS) -> np.ndarray:
+    """expected_calibration_error of each resample of the films (`counts` as in brier_score_per_resample)."""
+    labels, probabilities = np.asarray(labels, float), np.asarray(probabilities, float)
+    # films_b * |mean predicted_b - observed rate_b| = |sum over the bin of (probability - label)|
+    gap_in_bin = np.eye(bins)[_bins(probabilities, bins)] * (probabilities - labels)[:, None]  # [films, bins]
+    return np.abs(counts @ gap_in_bin).sum(axis=1) / counts.sum(axis=1)
+
+
 def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray,
                                bins: int = settings.CALIBRATION_BINS) -> float:
     """Expected calibration error of P(pneumonia): the film-weighted mean gap between the mean predicted
     probability and the observed pneumonia rate over equal-width bins (Naeini et al. 2015; Guo et al. 2017)."""
-    labels, probabilities = np.asarray(labels, float), np.asarray(probabilities, float)
-    # films_b * |mean predicted_b - observed rate_b| = |sum over the bin of (probability - label)|
-    gaps = np.bincount(_bins(probabilities, bins), probabilities - labels, minlength=bins)
-    return float(np.abs(gaps).sum() / len(labels))
+    once = np.ones((1, len(labels)))
+    return float(expected_calibration_error_per_resample(labels, probabilities, once, bins)[0])

@@ -15,7 +15,7 @@ from scipy.stats import rankdata
 
 from cxr import settings
 from cxr.errors import UserError
-from cxr.results.metrics import patient_bootstrap, roc_auc
+from cxr.results.metrics import patient_bootstrap, roc_auc, roc_auc_per_resample
 
 FILM_IDENTITY = ("source", "patient_id", "label")  # what identifies a film in predictions.csv
 
@@ -59,8 +59,9 @@ def paired_auc_difference(labels: np.ndarray, first: np.ndarray, second: np.ndar
     """AUC(first) - AUC(second) and its 95 % interval from one patient bootstrap shared by both models."""
     labels, first, second = np.asarray(labels), np.asarray(first), np.asarray(second)
 
-    def difference(chosen: np.ndarray) -> dict[str, float]:
-        return {"difference": roc_auc(labels[chosen], first[chosen]) - roc_auc(labels[chosen], second[chosen])}
+    def difference(counts: np.ndarray) -> dict[str, np.ndarray]:
+        return {"difference": roc_auc_per_resample(labels, first, counts) - roc_auc_per_resample(labels, second,
+                                                                                                   counts)}
 
     interval = patient_bootstrap(difference, patients, samples, seed)["difference"]
     return roc_auc(labels, first) - roc_auc(labels, second), interval

@@ -14,7 +14,7 @@ import pandas as pd
 from cxr import settings
 from cxr.results import calibration, compare
 from cxr.results.collect import ENSEMBLE, Contender, label
-from cxr.results.metrics import patient_bootstrap, roc_auc, threshold_metrics
+from cxr.results.metrics import patient_bootstrap, roc_auc_per_resample, threshold_metrics_per_resample
 
 # The metrics whose spread over seeds the leaderboard shows (column <metric>_std).
 SEED_SPREAD = ("test_accuracy", "sensitivity", "specificity", "roc_auc", "brier", "ece")
@@ -90,14 +90,17 @@ def seed_mean_intervals(films: pd.DataFrame, contender: Contender, samples: int 
     labels = films["label"].to_numpy()
     thresholds = _thresholds(contender)
 
-    def statistics(chosen: np.ndarray) -> dict[str, float]:
-        y, per_seed = labels[chosen], contender.test[:, chosen]
-        at = [threshold_metrics(y, p, t) for p, t in zip(per_seed, thresholds, strict=True)]
-        return {"roc_auc": float(np.mean([roc_auc(y, p) for p in per_seed])),
-                "brier": float(np.mean([calibration.brier_score(y, p) for p in per_seed])),
-                "ece": float(np.mean([calibration.expected_calibration_error(y, p) for p in per_seed])),
-                "sensitivity_at_val_threshold": float(np.mean([m["sensitivity"] for m in at])),
-                "specificity_at_val_threshold": float(np.mean([m["specificity"] for m in at]))}
+    def statistics(counts: np.ndarray) -> dict[str, np.ndarray]:
+        def seed_mean(statistic) -> np.ndarray:
+            return np.mean([statistic(labels, p, counts) for p in contender.test], axis=0)
+
+        at = [threshold_metrics_per_resample(labels, p, t, counts)
+              for p, t in zip(contender.test, thresholds, strict=True)]
+        return {"roc_auc": seed_mean(roc_auc_per_resample),
+                "brier": seed_mean(calibration.brier_score_per_resample),
+                "ece": seed_mean(calibration.expected_calibration_error_per_resample),
+                "sensitivity_at_val_threshold": np.mean([m["sensitivity"] for m in at], axis=0),
+                "specificity_at_val_threshold": np.mean([m["specificity"] for m in at], axis=0)}
 
     return patient_bootstrap(statistics, films["patient_id"].to_numpy(), samples)
 

@@ -9,16 +9,17 @@ on validation (never on test).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 from cxr import settings
 
 # Keras' clipping in binary cross-entropy (keras.config.epsilon()), so that our test loss matches model.evaluate's.
 KERAS_EPSILON = 1e-7
+# Bootstrap resamples computed together: a block's counts, [100, films], stay small whatever the test set's size.
+_RESAMPLES_AT_ONCE = 100
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -28,32 +29,55 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
                      [np.sum(labels & ~predicted), np.sum(labels & predicted)]])
 
 
-def _ratio(numerator: float, denominator: float) -> float:
-    return float(numerator / denominator) if denominator else float("nan")
+def _ratios(numerators: np.ndarray, denominators: np.ndarray) -> np.ndarray:
+    """numerators / denominators, NaN where a denominator is 0 (a metric undefined for these films)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominators > 0, numerators / denominators, np.nan)
+
+
+def threshold_metrics_per_resample(labels: np.ndarray, probabilities: np.ndarray, threshold: float,
+                                   counts: np.ndarray) -> dict[str, np.ndarray]:
+    """threshold_metrics of each resample of the films: `counts` [resamples, films] says how many times each film
+    was drawn into each. Each metric is one value per resample."""
+    labels, predicted = np.asarray(labels, bool), np.asarray(probabilities) >= threshold
+    tp, fp = counts @ (labels & predicted), counts @ (~labels & predicted)
+    fn, tn = counts @ (labels & ~predicted), counts @ (~labels & ~predicted)
+    return {
+        "accuracy": _ratios(tp + tn, tn + fp + fn + tp),
+        "precision": _ratios(tp, tp + fp),
+        "sensitivity": _ratios(tp, tp + fn),
+        "specificity": _ratios(tn, tn + fp),
+        "f1": _ratios(2 * tp, 2 * tp + fp + fn),
+    }
 
 
 def threshold_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float]:
     """Accuracy, precision, sensitivity (recall of pneumonia), specificity and F1 when P >= threshold."""
-    (tn, fp), (fn, tp) = confusion_matrix(labels, np.asarray(probabilities) >= threshold)
-    precision, sensitivity = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-    return {
-        "accuracy": _ratio(tp + tn, tn + fp + fn + tp),
-        "precision": precision,
-        "sensitivity": sensitivity,
-        "specificity": _ratio(tn, tn + fp),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-    }
+    once = np.ones((1, len(labels)))
+    return {name: float(values[0])
+            for name, values in threshold_metrics_per_resample(labels, probabilities, threshold, once).items()}
+
+
+def roc_auc_per_resample(labels: np.ndarray, probabilities: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The ROC AUC of each resample of the films (`counts` as in threshold_metrics_per_resample): the
+    Mann-Whitney U of the drawn films, ties counted half, from one sort of the probabilities; NaN for a resample
+    with a single class."""
+    labels, probabilities = np.asarray(labels, bool), np.asarray(probabilities, float)
+    order = np.argsort(probabilities, kind="mergesort")
+    scores, positive, counts = probabilities[order], labels[order], counts[:, order]
+    ties = np.r_[0, np.flatnonzero(np.diff(scores)) + 1]  # the first film of each run of equal probabilities
+    positives = np.add.reduceat(counts * positive, ties, axis=1)  # drawn films per probability and class
+    negatives = np.add.reduceat(counts * ~positive, ties, axis=1)
+    below = np.cumsum(negatives, axis=1) - negatives  # negatives with a lower probability
+    pairs = positives.sum(axis=1) * negatives.sum(axis=1)
+    return _ratios((positives * (below + negatives / 2)).sum(axis=1), pairs)
 
 
 def roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U from scipy's midranks), ties counted half; NaN with a single
-    class."""
-    labels = np.asarray(labels, bool)
-    positives, negatives = labels.sum(), (~labels).sum()
-    if not positives or not negatives:
+    """Area under the ROC curve (the Mann-Whitney U), ties counted half; NaN with a single class."""
+    if not len(labels):
         return float("nan")
-    rank_sum = rankdata(np.asarray(probabilities, float))[labels].sum()
-    return float((rank_sum - positives * (positives + 1) / 2) / (positives * negatives))
+    return float(roc_auc_per_resample(labels, probabilities, np.ones((1, len(labels))))[0])
 
 
 def roc_curve(labels: np.ndarray, probabilities: np.ndarray) -> pd.DataFrame:
@@ -89,23 +113,35 @@ def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def patient_bootstrap(statistics: Callable[[np.ndarray], dict[str, float]], patients: np.ndarray,
+def _resample_counts(patients: np.ndarray, samples: int, seed: int) -> Iterator[np.ndarray]:
+    """`samples` patient resamples, each as many patients drawn with replacement as there are, in blocks of
+    _RESAMPLES_AT_ONCE: how many times each film was drawn, [resamples, films] (a patient's films together)."""
+    _, patient_of_film = np.unique(np.asarray(patients), return_inverse=True)
+    patient_count = patient_of_film.max() + 1
+    rng = np.random.default_rng(seed)
+    for start in range(0, samples, _RESAMPLES_AT_ONCE):
+        block = min(_RESAMPLES_AT_ONCE, samples - start)
+        drawn = rng.integers(patient_count, size=(block, patient_count)) + patient_count * np.arange(block)[:, None]
+        per_patient = np.bincount(drawn.ravel(), minlength=block * patient_count).reshape(block, patient_count)
+        yield per_patient[:, patient_of_film].astype(float)
+
+
+def patient_bootstrap(statistics: Callable[[np.ndarray], dict[str, np.ndarray]], patients: np.ndarray,
                       samples: int = settings.BOOTSTRAP_SAMPLES, seed: int = settings.SEED) -> dict[str, list[float]]:
-    """95 % percentile intervals of `statistics` (film indices -> named values), resampling patients (not films):
-    a patient's films are correlated, and resampling films would make the intervals too narrow. Every statistic
-    sees the same resamples, so values computed together (two models on the same films) stay paired.
+    """95 % percentile intervals of `statistics`, resampling patients (not films): a patient's films are
+    correlated, and resampling films would make the intervals too narrow. `statistics` maps a block of resamples,
+    given as how many times each film was drawn ([resamples, films]), to named values, one per resample (the
+    *_per_resample functions). Every statistic sees the same resamples, so values computed together (two models on
+    the same films) stay paired.
 
     Ours, not scipy.stats.bootstrap: that one resamples observations, not clusters of them (a patient's
-    films)."""
-    _, patient_codes = np.unique(np.asarray(patients), return_inverse=True)
-    films_of = [np.flatnonzero(patient_codes == code) for code in range(patient_codes.max() + 1)]
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {}
-    for _ in range(samples):
-        chosen = np.concatenate([films_of[i] for i in rng.integers(len(films_of), size=len(films_of))])
-        for key, value in statistics(chosen).items():
-            draws.setdefault(key, []).append(value)
-    return {key: percentile_interval(np.asarray(values)) for key, values in draws.items()}
+    films). A resample is a count per film rather than a list of drawn films, so that a statistic computes every
+    resample of a block in a few array operations."""
+    draws: dict[str, list[np.ndarray]] = {}
+    for counts in _resample_counts(patients, samples, seed):
+        for key, values in statistics(counts).items():
+            draws.setdefault(key, []).append(np.asarray(values, float))
+    return {key: percentile_interval(np.concatenate(values)) for key, values in draws.items()}
 
 
 def bootstrap_intervals(labels: np.ndarray, probabilities: np.ndarray, patients: np.ndarray,
@@ -113,13 +149,11 @@ def bootstrap_intervals(labels: np.ndarray, probabilities: np.ndarray, patients:
                         seed: int = settings.SEED) -> dict[str, list[float]]:
     """Patient-bootstrap intervals of the ROC AUC and of every threshold metric. Keys: "roc_auc" and
     "<name>/<metric>" per threshold."""
-    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
-
-    def statistics(chosen: np.ndarray) -> dict[str, float]:
-        y, p = labels[chosen], probabilities[chosen]
-        values = {"roc_auc": roc_auc(y, p)}
+    def statistics(counts: np.ndarray) -> dict[str, np.ndarray]:
+        values = {"roc_auc": roc_auc_per_resample(labels, probabilities, counts)}
         for name, threshold in thresholds.items():
-            values.update({f"{name}/{metric}": v for metric, v in threshold_metrics(y, p, threshold).items()})
+            values.update({f"{name}/{metric}": v for metric, v in
+                           threshold_metrics_per_resample(labels, probabilities, threshold, counts).items()})
         return values
 
     return patient_bootstrap(statistics, patients, samples, seed)
