@@ -39,3 +39,10 @@ def test_each_epoch_covers_the_split_once_in_an_order_of_its_own_that_a_resumed_
     assert epochs(0, 1) == [first]  # the same seed, the same orders
 
 
+
+
+def test_the_streams_read_without_tf_data_autotuning(processed_dataset):
+    """Autotuning's thread can hold an iterator's destruction for up to a minute on a busy CPU (a race inside
+    tf.data, shown by benchmarks/iterator_end.py); the reader's streams run without it."""
+    for stream in (read_epochs(processed_dataset, "train", 32, 8, seed=1), read_split(processed_dataset, "val", 32, 8)):
+        assert stream.options().autotune.enabled is False

@@ -81,7 +81,19 @@ def _model_input(batches: tf.data.Dataset, with_metadata: bool) -> tf.data.Datas
             return {**batch, "label": labels}
         return batch["image"], labels
 
-    return batches.map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return (batches.map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+            .with_options(_without_autotuning()))
+
+
+def _without_autotuning() -> tf.data.Options:
+    """tf.data's autotuning off. Its optimisation thread sleeps up to 60 s between rounds, and when an iterator is
+    destroyed on a busy CPU the thread can miss its wake-up (TensorFlow marks the iterator cancelled only after
+    waking it), so the destruction waits for the rest of the sleep: `fit` returned up to a minute after its last
+    epoch (docs/performance.md). Parallel maps keep AUTOTUNE's starting parallelism (the cores, up to 16), and a
+    prefetch buffer still sizes itself."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
 
 
 def read_split(data_dir: Path, split: str, image_size: int, batch_size: int,
