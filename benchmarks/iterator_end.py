@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--child", nargs=2, metavar=("PROCESSED", "WAY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.seconds <= 0 or args.readers < 1 or args.rounds < 1:
+        parser.error("--seconds must be above 0, --readers and --rounds at least 1")
     if args.child:
         print(json.dumps(read(Path(args.child[0]), args.seconds, args.child[1] == WAYS[1])))
         return
@@ -86,7 +88,7 @@ def main() -> None:
                 print(f"round {round_ + 1}  {way:<21} iterator destroyed in {result['wait']:6.2f} s  "
                       f"({result['images_per_second']:.0f} images/s)", flush=True)
     print(f"\n{args.readers} readers at once, {args.seconds:.0f} s of reading each, {args.rounds} rounds:")
-    for way, runs in results.items():
+    for way, runs in [(way, runs) for way, runs in results.items() if runs]:  # one reader, one round: one way
         print(f"  {way:<21} worst wait {max(r['wait'] for r in runs):6.2f} s; "
               f"{statistics.mean(r['images_per_second'] for r in runs):.0f} images/s")
 

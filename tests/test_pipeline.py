@@ -204,7 +204,9 @@ def test_preprocess_component(local_runner, raw_dataset):
     assert processed.metadata["patients_in_several_splits"] == 0 and processed.metadata["skipped"] == 0
 
 
-@pytest.mark.slow  # the default tier runs each component on the local runner (here and in test_tuning)
+# Slow tier: the default tier checks the compiled wiring and runs plan, ingest, preprocess, explain and verdict as
+# components (here and in test_explain); the steps between are their library functions' tests.
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_one_killed_training_leaves_a_report_of_the_others_and_a_failed_run(synthetic_archive, tmp_path):
     """The whole pipeline on the local runner, in a process of its own; VGG16's training process is killed with
